@@ -1,0 +1,46 @@
+"""One writer per log, across processes: an exclusive advisory lock on a sidecar file.
+
+The lock file holds the writer's pid so that a refused writer can say who holds the log. The
+kernel drops a ``flock`` when its holder dies, so a crashed writer never leaves a stale lock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+
+
+class LogLockedError(Exception):
+    """Another writer holds the log."""
+
+
+class WriterLock:
+    """An exclusive, non-blocking ``flock`` on ``<log>.lock`` that records the holder's pid."""
+
+    def __init__(self, log_path: str) -> None:
+        self.path = f"{log_path}.lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock, or raise :class:`LogLockedError` naming the holder's pid."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise LogLockedError(
+                f"{self.path[: -len('.lock')]} is already open for writing by pid {holder}; "
+                "stop that process first, or open the log read-only"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        """Let the next writer in."""
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
