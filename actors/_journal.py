@@ -1,0 +1,119 @@
+"""The journal: the one writer of the event log, and the keeper of the projections.
+
+Every event goes to the log first and into the projections second; only then is the status view
+published and the sender answered, so nothing is ever shown or acknowledged that the log does
+not hold. After each append the journal derives what follows from the new state: a higher
+progress becomes a ``ProgressChanged`` event, and a running task with nothing left outstanding
+is reported to the supervisor, which decides how it ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import pykka
+import structlog
+
+from events import RUNNING, Event, ProgressChanged, TasksCleanedUp, TaskStarted
+from store import EventStore
+
+from ._messages import Append, AttachSupervisor, Query, Snapshot, TaskDrained
+from ._tell import safe_tell
+from ._view import StatusView
+
+log = structlog.get_logger("hospital_refresh.journal")
+
+
+class Journal(pykka.ThreadingActor):
+    """Owns the :class:`EventStore`; serialises every append and every projection query."""
+
+    use_daemon_thread = True
+
+    def __init__(self, store: EventStore, view: StatusView) -> None:
+        super().__init__()
+        self._store = store
+        self._view = view
+        self._supervisor: pykka.ActorRef[Any] | None = None
+        self._drained: set[str] = set()
+
+    def on_start(self) -> None:
+        projection = self._store.projection
+        self._view.publish({tid: s.to_status() for tid, s in projection.tasks.items()})
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, Append):
+            self._on_append(message)
+        elif isinstance(message, Query):
+            try:
+                message.reply.set_result(message.fn(self._store.projection))
+            except Exception as exc:
+                message.reply.set_exception(exc)
+        elif isinstance(message, Snapshot):
+            try:
+                self._store.snapshot()
+            except Exception as exc:
+                log.error("snapshot failed", error=str(exc), exc_info=exc)
+                if message.reply is not None:
+                    message.reply.set_exception(exc)
+            else:
+                if message.reply is not None:
+                    message.reply.set_result(True)
+        elif isinstance(message, AttachSupervisor):
+            self._supervisor = message.supervisor
+        return None
+
+    def _on_append(self, message: Append) -> None:
+        try:
+            recorded = self._append(message.events)
+        except Exception as exc:
+            log.error("journal append failed", error=str(exc), exc_info=exc)
+            if message.reply is not None:
+                message.reply.set_exception(exc)
+            return
+        if message.reply is not None:
+            message.reply.set_result(recorded)
+
+    def _append(self, events: Iterable[Event]) -> list[Any]:
+        store = self._store
+        recorded = store.append(events)
+        touched: dict[str, None] = {}
+        for rec in recorded:
+            event = rec.event
+            if isinstance(event, TasksCleanedUp):
+                touched.update(dict.fromkeys(event.task_ids))
+            elif event.task_id:
+                touched[event.task_id] = None
+                if isinstance(event, TaskStarted):
+                    self._drained.discard(event.task_id)
+        derived: list[Event] = []
+        drained: list[TaskDrained] = []
+        tasks = store.projection.tasks
+        for task_id in touched:
+            state = tasks.get(task_id)
+            if state is None or state.status != RUNNING:
+                continue
+            progress = state.computed_progress()
+            if progress > state.progress:
+                derived.append(
+                    ProgressChanged(
+                        task_id=task_id, progress=progress, current_step=state.current_step
+                    )
+                )
+            if not state.pending and task_id not in self._drained:
+                self._drained.add(task_id)
+                drained.append(TaskDrained(task_id, tuple(state.failed.items())))
+        if derived:
+            recorded += store.append(derived)
+        self._view.publish(
+            {tid: (s.to_status() if (s := tasks.get(tid)) else None) for tid in touched}
+        )
+        for notice in drained:
+            safe_tell(self._supervisor, notice)
+        return recorded
+
+    def on_stop(self) -> None:
+        self._store.close()
+
+    def on_failure(self, *exc_info: Any) -> None:
+        self._store.close()

@@ -1,0 +1,104 @@
+"""The Province, City and District actors: each expands the nodes of its level.
+
+One actor per level for the whole system, with the nodes as data in its messages, so live
+threads stay bounded however large the tree (pykka gives every actor an OS thread). A level
+actor asks the pool for a node's children, journals what comes back, and hands each child down
+to the level below; a node that failed for good is journaled as failed and its siblings go on.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import pykka
+import structlog
+
+from events import ChildrenFetched, NodeFailed
+from llm import child_level
+
+from ._messages import Append, Expand, Fetched, FetchFailed, FetchJob, Submit
+from ._tell import safe_tell
+
+log = structlog.get_logger("hospital_refresh.levels")
+
+
+def journal_outcome(
+    journal: pykka.ActorRef[Any], message: Fetched | FetchFailed
+) -> tuple[str, ...]:
+    """Journal a call's outcome (``ChildrenFetched`` or ``NodeFailed``); return the children."""
+    job = message.job
+    if isinstance(message, Fetched):
+        log.debug(
+            "children fetched",
+            task_id=job.task_id,
+            path=" / ".join(job.path) or "全国",
+            count=len(message.children),
+        )
+        event: ChildrenFetched | NodeFailed = ChildrenFetched(
+            task_id=job.task_id,
+            level=child_level(job.path),
+            path=job.path,
+            children=message.children,
+        )
+        children = message.children
+    else:
+        log.error(
+            "node failed after retries",
+            task_id=job.task_id,
+            path=" / ".join(job.path) or "全国",
+            error=message.error,
+            exc_info=message.exc,
+        )
+        event = NodeFailed(task_id=job.task_id, path=job.path, error=message.error)
+        children = ()
+    safe_tell(journal, Append((event,)))
+    return children
+
+
+class LevelActor(pykka.ThreadingActor):
+    """Expands nodes of ``level``: fetch children, journal them, hand them to ``below``."""
+
+    use_daemon_thread = True
+    level: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        journal: pykka.ActorRef[Any],
+        dispatcher: pykka.ActorRef[Any],
+        below: pykka.ActorRef[Any] | None,
+    ) -> None:
+        super().__init__()
+        self._journal = journal
+        self._dispatcher = dispatcher
+        self._below = below
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, Expand):
+            safe_tell(
+                self._dispatcher, Submit(FetchJob(message.task_id, message.path, self.actor_ref))
+            )
+        elif isinstance(message, Fetched | FetchFailed):
+            children = journal_outcome(self._journal, message)
+            if self._below is not None:
+                job = message.job
+                for name in children:
+                    safe_tell(self._below, Expand(job.task_id, (*job.path, name)))
+        return None
+
+
+class ProvinceActor(LevelActor):
+    """Expands a province into its cities."""
+
+    level = "province"
+
+
+class CityActor(LevelActor):
+    """Expands a city into its districts."""
+
+    level = "city"
+
+
+class DistrictActor(LevelActor):
+    """Expands a district into its hospitals (the leaves)."""
+
+    level = "district"

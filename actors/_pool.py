@@ -1,0 +1,258 @@
+"""The LLM fetch pool: exactly ``concurrency`` fetch actors, fed by a work-pulling dispatcher.
+
+A fetch actor asks for work when it is idle, so a slow call never holds up a queue behind it
+(work-pulling beat round-robin 3x on uneven call times here). The dispatcher is the only place
+calls are queued, which is what makes the bound hold across every task in the process.
+
+Fairness: each task has its own queue and the dispatcher serves tasks in turn, so a province
+task started during a full refresh gets every other free slot at once. Within a task the deepest
+node goes first, so leaves finish early and progress moves steadily instead of waiting for a
+whole level to be discovered.
+
+Retries: a failed call goes back to the dispatcher, which journals ``FetchRetried`` and arms a
+timer on the LLM loop. While it waits, the call holds no slot; when the timer fires the call is
+queued again. Everything is retried except ``PermanentLLMError`` and ``NotImplementedError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import random
+from collections import deque
+from dataclasses import replace
+from typing import Any
+
+import pykka
+import structlog
+
+from events import FetchRetried
+from llm import LLMService, LLMTimeout, PermanentLLMError
+
+from ._loop import LoopThread
+from ._messages import (
+    AllowTask,
+    Append,
+    DropTask,
+    Fetched,
+    FetchFailed,
+    FetchJob,
+    PoolStats,
+    Requeue,
+    Submit,
+    Work,
+    WorkDone,
+    WorkerReady,
+)
+from ._retry import RetryPolicy
+from ._tell import safe_tell
+
+log = structlog.get_logger("hospital_refresh.pool")
+
+DEPTHS = 4
+
+
+def describe(exc: BaseException) -> str:
+    """One line that says what went wrong: the type and the message."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """Whether asking again cannot help."""
+    return isinstance(exc, PermanentLLMError | NotImplementedError)
+
+
+class Dispatcher(pykka.ThreadingActor):
+    """Queues calls per task, hands them to idle fetch actors, and schedules retries."""
+
+    use_daemon_thread = True
+
+    def __init__(
+        self,
+        journal: pykka.ActorRef[Any],
+        loop: LoopThread,
+        retry: RetryPolicy,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__()
+        self._journal = journal
+        self._loop = loop
+        self._retry = retry
+        self._rng = random.Random(seed)
+        self._queues: dict[str, list[deque[FetchJob]]] = {}
+        self._turns: deque[str] = deque()
+        self._idle: list[pykka.ActorRef[Any]] = []
+        self._dropped: set[str] = set()
+        self._in_flight = 0
+        self._peak_in_flight = 0
+        self._waiting_retry = 0
+        self._calls = 0
+        self._retries = 0
+        self._failures = 0
+        self._calls_by_task: dict[str, int] = {}
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, WorkDone):
+            self._in_flight -= 1
+            self._idle.append(message.worker)
+            self._on_done(message)
+        elif isinstance(message, Submit):
+            self._enqueue(message.job)
+        elif isinstance(message, Requeue):
+            self._waiting_retry -= 1
+            self._enqueue(message.job)
+        elif isinstance(message, WorkerReady):
+            self._idle.append(message.worker)
+        elif isinstance(message, DropTask):
+            self._dropped.add(message.task_id)
+            self._queues.pop(message.task_id, None)
+            if message.task_id in self._turns:
+                self._turns.remove(message.task_id)
+        elif isinstance(message, AllowTask):
+            self._dropped.discard(message.task_id)
+        elif isinstance(message, PoolStats):
+            message.reply.set_result(self._stats())
+        self._dispatch()
+        return None
+
+    def _stats(self) -> dict[str, Any]:
+        return {
+            "workers_idle": len(self._idle),
+            "in_flight": self._in_flight,
+            "peak_in_flight": self._peak_in_flight,
+            "queued": sum(len(q) for qs in self._queues.values() for q in qs),
+            "waiting_retry": self._waiting_retry,
+            "calls": self._calls,
+            "retries": self._retries,
+            "failures": self._failures,
+            "calls_by_task": dict(self._calls_by_task),
+        }
+
+    def _enqueue(self, job: FetchJob) -> None:
+        if job.task_id in self._dropped:
+            return
+        queues = self._queues.get(job.task_id)
+        if queues is None:
+            queues = self._queues[job.task_id] = [deque() for _ in range(DEPTHS)]
+            self._turns.append(job.task_id)
+        queues[min(len(job.path), DEPTHS - 1)].append(job)
+
+    def _next_job(self) -> FetchJob | None:
+        while self._turns:
+            task_id = self._turns.popleft()
+            queues = self._queues[task_id]
+            for queue in reversed(queues):
+                if queue:
+                    job = queue.popleft()
+                    if any(queues):
+                        self._turns.append(task_id)
+                    else:
+                        del self._queues[task_id]
+                    return job
+            del self._queues[task_id]
+        return None
+
+    def _dispatch(self) -> None:
+        while self._idle:
+            job = self._next_job()
+            if job is None:
+                return
+            worker = self._idle.pop()
+            self._in_flight += 1
+            self._peak_in_flight = max(self._peak_in_flight, self._in_flight)
+            self._calls += 1
+            self._calls_by_task[job.task_id] = self._calls_by_task.get(job.task_id, 0) + 1
+            if not safe_tell(worker, Work(job)):
+                self._in_flight -= 1
+
+    def _on_done(self, done: WorkDone) -> None:
+        job = done.job
+        if done.exc is None and done.children is not None:
+            safe_tell(job.reply_to, Fetched(job, done.children))
+            return
+        exc = done.exc or RuntimeError("fetch returned nothing")
+        error = describe(exc)
+        if job.task_id in self._dropped:
+            return
+        if is_permanent(exc) or job.attempt >= self._retry.max_retries:
+            self._failures += 1
+            safe_tell(job.reply_to, FetchFailed(job, error, exc))
+            return
+        delay = self._retry.delay(job.attempt, self._rng)
+        retry_after = getattr(exc, "retry_after", None)
+        if isinstance(retry_after, int | float) and retry_after > delay:
+            delay = float(retry_after)
+        self._retries += 1
+        self._waiting_retry += 1
+        attempt = job.attempt + 1
+        log.warning(
+            "LLM call failed, retrying",
+            task_id=job.task_id,
+            path=" / ".join(job.path) or "全国",
+            attempt=attempt,
+            max_retries=self._retry.max_retries,
+            delay_s=round(delay, 3),
+            error=error,
+        )
+        safe_tell(
+            self._journal,
+            Append(
+                (
+                    FetchRetried(
+                        task_id=job.task_id,
+                        path=job.path,
+                        attempt=attempt,
+                        error=error,
+                        delay_s=delay,
+                    ),
+                )
+            ),
+        )
+        again = Requeue(replace(job, attempt=attempt))
+        self._loop.call_later(delay, lambda: safe_tell(self.actor_ref, again))
+
+
+class FetchActor(pykka.ThreadingActor):
+    """Makes one LLM call at a time on the shared LLM loop; its thread is its pool slot."""
+
+    use_daemon_thread = True
+
+    def __init__(
+        self,
+        dispatcher: pykka.ActorRef[Any],
+        service: LLMService,
+        loop: LoopThread,
+        call_timeout: float,
+    ) -> None:
+        super().__init__()
+        self._dispatcher = dispatcher
+        self._service = service
+        self._loop = loop
+        self._timeout = call_timeout
+
+    def on_start(self) -> None:
+        safe_tell(self._dispatcher, WorkerReady(self.actor_ref))
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, Work):
+            children, exc = self._call(message.job)
+            safe_tell(self._dispatcher, WorkDone(self.actor_ref, message.job, children, exc))
+        return None
+
+    def _call(self, job: FetchJob) -> tuple[tuple[str, ...] | None, BaseException | None]:
+        coro = asyncio.wait_for(self._service.fetch_children(job.path), self._timeout)
+        try:
+            future = self._loop.submit(coro)
+        except RuntimeError as exc:  # the loop has stopped
+            coro.close()
+            return None, exc
+        try:
+            names = future.result()
+        except TimeoutError:
+            return None, LLMTimeout(f"no answer within {self._timeout:g} s")
+        except (concurrent.futures.CancelledError, asyncio.CancelledError):
+            return None, RuntimeError("call cancelled: the actor system is stopping")
+        except Exception as exc:
+            return None, exc
+        return tuple(names), None

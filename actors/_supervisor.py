@@ -1,0 +1,247 @@
+"""The supervisor: the lifecycle of every task (create, start, cancel, cleanup, how it ends).
+
+It validates requests, journals the lifecycle events, fetches the root of a full refresh itself
+(the list of provinces) and hands provinces to the Province actor. It learns that a task has
+nothing left outstanding from the journal, and then journals ``TaskSucceeded`` or ``TaskFailed``.
+
+Every reply is sent only after the journal holds the event, so a caller who got a task id back
+can rely on the log knowing that task.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Future
+from datetime import datetime
+from typing import Any, TypeVar
+
+import pykka
+import structlog
+
+from events import (
+    FINISHED,
+    PENDING,
+    RUNNING,
+    TASK_TYPES,
+    Event,
+    Path,
+    TaskCancelled,
+    TaskCreated,
+    TaskFailed,
+    TasksCleanedUp,
+    TaskStarted,
+    TaskSucceeded,
+    now,
+)
+from llm import Divisions
+
+from ._levels import journal_outcome
+from ._messages import (
+    AllowTask,
+    Append,
+    CancelTask,
+    CleanupTasks,
+    CreateTask,
+    DropTask,
+    Expand,
+    Fetched,
+    FetchFailed,
+    FetchJob,
+    StartTask,
+    Submit,
+    TaskDrained,
+)
+from ._tell import safe_tell
+from ._view import StatusView
+
+log = structlog.get_logger("hospital_refresh.supervisor")
+
+T = TypeVar("T")
+
+
+def validate_request(task_type: object, target: object, divisions: Divisions) -> str | None:
+    """Check a create request; return the target to journal (a known alias is normalised).
+
+    Raises ValueError saying what was wrong and what is allowed. An unknown province is not an
+    error here: the task is created and ends FAILED when started, naming the closest names.
+    """
+    if task_type not in TASK_TYPES:
+        allowed = ", ".join(map(repr, TASK_TYPES))
+        raise ValueError(f"unknown task_type {task_type!r}: allowed values are {allowed}")
+    if task_type == "full":
+        if target not in (None, ""):
+            raise ValueError(f"a 'full' task takes no target, got {target!r}")
+        return None
+    if not isinstance(target, str) or not target.strip():
+        raise ValueError(
+            "a 'province' task needs a target: the province's name, e.g. '北京市' or '广东省'"
+        )
+    return divisions.resolve_province(target) or target.strip()
+
+
+def unknown_province_error(target: str, divisions: Divisions) -> str:
+    """The error a province task ends with when its target is not a province."""
+    close = divisions.suggest_provinces(target)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return f"unknown province {target!r}{hint}"
+
+
+class Supervisor(pykka.ThreadingActor):
+    """Owns the lifecycle of tasks; the only actor that creates, starts, cancels or ends them."""
+
+    use_daemon_thread = True
+
+    def __init__(
+        self,
+        journal: pykka.ActorRef[Any],
+        dispatcher: pykka.ActorRef[Any],
+        provinces: pykka.ActorRef[Any],
+        view: StatusView,
+        divisions: Divisions,
+    ) -> None:
+        super().__init__()
+        self._journal = journal
+        self._dispatcher = dispatcher
+        self._provinces = provinces
+        self._view = view
+        self._divisions = divisions
+        self._claimed: dict[str, str] = {}
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, Fetched | FetchFailed):
+            self._on_root(message)
+        elif isinstance(message, TaskDrained):
+            self._on_drained(message)
+        elif isinstance(message, CreateTask):
+            self._guard(message.reply, lambda: self._create(message))
+        elif isinstance(message, StartTask):
+            self._guard(message.reply, lambda: self._start(message))
+        elif isinstance(message, CancelTask):
+            self._guard(message.reply, lambda: self._cancel(message))
+        elif isinstance(message, CleanupTasks):
+            self._guard(message.reply, lambda: self._cleanup(message))
+        return None
+
+    @staticmethod
+    def _guard(reply: Future[Any], fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except Exception as exc:
+            if not reply.done():
+                reply.set_exception(exc)
+
+    def _journal_then(self, events: tuple[Event, ...], reply: Future[T], value: T) -> None:
+        """Journal ``events``; answer ``reply`` with ``value`` once the log holds them."""
+        written: Future[Any] = Future()
+
+        def answer(done: Future[Any]) -> None:
+            exc = done.exception()
+            if exc is not None:
+                reply.set_exception(exc)
+            else:
+                reply.set_result(value)
+
+        written.add_done_callback(answer)
+        if not safe_tell(self._journal, Append(events, written)):
+            reply.set_exception(RuntimeError("the actor system has stopped"))
+
+    def _status(self, task_id: str) -> str | None:
+        """The task's status, counting what this actor decided but the view may not show yet."""
+        claimed = self._claimed.get(task_id)
+        if claimed is not None:
+            return claimed
+        current = self._view.peek(task_id)
+        return None if current is None else current["status"]
+
+    def _create(self, msg: CreateTask) -> None:
+        target = validate_request(msg.task_type, msg.target, self._divisions)
+        task_id = uuid.uuid4().hex[:12]
+        while self._view.peek(task_id) is not None:
+            task_id = uuid.uuid4().hex[:12]
+        log.info("task created", task_id=task_id, task_type=msg.task_type, target=target)
+        event = TaskCreated(task_id=task_id, task_type=msg.task_type, target=target)
+        self._journal_then((event,), msg.reply, task_id)
+
+    def _start(self, msg: StartTask) -> None:
+        task_id = msg.task_id
+        current = self._view.peek(task_id)
+        if current is None or self._status(task_id) != PENDING:
+            log.info("task not started: not pending", task_id=task_id, status=self._status(task_id))
+            msg.reply.set_result(False)
+            return
+        self._claimed[task_id] = RUNNING
+        started = TaskStarted(task_id=task_id)
+        if current["task_type"] == "province":
+            province = current["target"]
+            if province not in self._divisions.provinces():
+                error = unknown_province_error(province, self._divisions)
+                log.error("task failed", task_id=task_id, error=error)
+                self._claimed[task_id] = "FAILED"
+                failed = TaskFailed(task_id=task_id, error=error)
+                self._journal_then((started, failed), msg.reply, True)
+                return
+            self._journal_then((started,), msg.reply, True)
+            log.info("task started", task_id=task_id, task_type="province", target=province)
+            safe_tell(self._provinces, Expand(task_id, (province,)))
+            return
+        self._journal_then((started,), msg.reply, True)
+        log.info("task started", task_id=task_id, task_type="full")
+        safe_tell(self._dispatcher, Submit(FetchJob(task_id, (), self.actor_ref)))
+
+    def _on_root(self, message: Fetched | FetchFailed) -> None:
+        children = journal_outcome(self._journal, message)
+        task_id = message.job.task_id
+        for name in children:
+            safe_tell(self._provinces, Expand(task_id, (name,)))
+
+    def _on_drained(self, message: TaskDrained) -> None:
+        task_id = message.task_id
+        if self._status(task_id) != RUNNING:
+            return
+        self._claimed.pop(task_id, None)
+        if not message.failed:
+            log.info("task succeeded", task_id=task_id)
+            self._journal_then((TaskSucceeded(task_id=task_id),), Future(), None)
+            return
+        paths: tuple[Path, ...] = tuple(path for path, _ in message.failed)
+        first_path, first_error = message.failed[0]
+        error = (
+            f"{len(paths)} node(s) failed after retries; first: "
+            f"{' / '.join(first_path) or '全国'}: {first_error}"
+        )
+        log.error("task failed", task_id=task_id, error=error, failed=len(paths))
+        failed = TaskFailed(task_id=task_id, error=error, failed_paths=paths)
+        self._journal_then((failed,), Future(), None)
+
+    def _cancel(self, msg: CancelTask) -> None:
+        task_id = msg.task_id
+        if self._status(task_id) not in (PENDING, RUNNING):
+            msg.reply.set_result(False)
+            return
+        self._claimed[task_id] = "CANCELLED"
+        safe_tell(self._dispatcher, DropTask(task_id))
+        log.info("task cancelled", task_id=task_id)
+        self._journal_then((TaskCancelled(task_id=task_id),), msg.reply, True)
+
+    def _cleanup(self, msg: CleanupTasks) -> None:
+        cutoff = now() - msg.hours * 3600
+        old = tuple(
+            s["task_id"]
+            for s in self._view.list()
+            if s["status"] in FINISHED
+            and s["finished_at"] is not None
+            and datetime.fromisoformat(s["finished_at"]).timestamp() < cutoff
+        )
+        if not old:
+            msg.reply.set_result(0)
+            return
+        for task_id in old:
+            self._claimed.pop(task_id, None)
+        log.info("tasks cleaned up", count=len(old), older_than_hours=msg.hours)
+        event = TasksCleanedUp(task_ids=old, older_than_hours=msg.hours)
+        self._journal_then((event,), msg.reply, len(old))
+
+    def allow(self, task_id: str) -> None:
+        """Let the dispatcher make calls for ``task_id`` again (used when resuming)."""
+        safe_tell(self._dispatcher, AllowTask(task_id))

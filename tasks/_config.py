@@ -1,0 +1,205 @@
+"""Settings from a TOML file, environment variables and command-line flags (flags win).
+
+Order, lowest first: built-in defaults; the TOML file (``--config PATH``, else
+``$HOSPITAL_REFRESH_CONFIG``, else ``./hospital-refresh.toml`` if present); environment variables
+``HOSPITAL_REFRESH_<NAME>`` (e.g. ``HOSPITAL_REFRESH_CONCURRENCY=8``); command-line flags.
+
+Example ``hospital-refresh.toml``::
+
+    log_path = "/var/lib/hospital-refresh/events.hrlog"
+    concurrency = 5
+    max_retries = 3
+    backoff_base = 1.0
+    sim_latency_ms = [10, 50]
+    sim_failure_rate = 0.0
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from actors import RetryPolicy, SystemConfig
+from llm import FAILURE_KINDS, SimulatedLLMService
+from store import FSYNC_POLICIES
+
+ENV_PREFIX = "HOSPITAL_REFRESH_"
+LOCAL_CONFIG = "hospital-refresh.toml"
+
+
+class ConfigError(ValueError):
+    """A setting has a value that is not allowed; the message says which and what is."""
+
+
+def default_log_path() -> str:
+    """``$HOSPITAL_REFRESH_LOG``, else ``$XDG_DATA_HOME/hospital-refresh/events.hrlog``."""
+    explicit = os.environ.get(f"{ENV_PREFIX}LOG")
+    if explicit:
+        return explicit
+    data_home = os.environ.get("XDG_DATA_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "share"
+    )
+    return os.path.join(data_home, "hospital-refresh", "events.hrlog")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every knob of a TaskManager and the command line, with its default."""
+
+    log_path: str = field(default_factory=default_log_path)
+    concurrency: int = 5
+    max_retries: int = 3
+    backoff_base: float = 1.0
+    backoff_cap: float = 60.0
+    backoff_jitter: float = 0.0
+    call_timeout: float = 120.0
+    fsync: str = "batch"
+    snapshot_every: int = 20_000
+    max_items: int = 500
+    sim_latency_ms: tuple[float, float] = (10.0, 50.0)
+    sim_failure_rate: float = 0.0
+    sim_failure_kinds: tuple[str, ...] = FAILURE_KINDS
+    seed: int | None = None
+    log_level: str = "INFO"
+    log_format: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.fsync not in FSYNC_POLICIES:
+            raise ConfigError(f"fsync {self.fsync!r} is not one of {', '.join(FSYNC_POLICIES)}")
+        if self.max_items < 1:
+            raise ConfigError(f"max_items must be >= 1, got {self.max_items}")
+        if self.snapshot_every < 1:
+            raise ConfigError(f"snapshot_every must be >= 1, got {self.snapshot_every}")
+        try:
+            self.system_config()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+    def retry_policy(self) -> RetryPolicy:
+        """The retry policy these settings describe."""
+        return RetryPolicy(
+            max_retries=self.max_retries,
+            base=self.backoff_base,
+            cap=self.backoff_cap,
+            jitter=self.backoff_jitter,
+        )
+
+    def system_config(self) -> SystemConfig:
+        """The actor system's configuration."""
+        return SystemConfig(
+            concurrency=self.concurrency,
+            retry=self.retry_policy(),
+            call_timeout=self.call_timeout,
+            fsync=self.fsync,  # type: ignore[arg-type]
+            snapshot_every=self.snapshot_every,
+            seed=self.seed,
+        )
+
+    def simulated_service(self) -> SimulatedLLMService:
+        """The simulated LLM backend these settings describe."""
+        service = SimulatedLLMService(
+            latency_ms=self.sim_latency_ms,
+            failure_rate=self.sim_failure_rate,
+            failure_kinds=self.sim_failure_kinds,
+            seed=self.seed if self.seed is not None else 0,
+        )
+        service.max_items = self.max_items
+        return service
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with ``changes`` applied (None values are ignored)."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+FIELDS: dict[str, dataclasses.Field[Any]] = {f.name: f for f in dataclasses.fields(Settings)}
+
+
+def parse_latency(text: str) -> tuple[float, float]:
+    """``"10-50"`` (milliseconds) -> ``(10.0, 50.0)``; ``"0"`` -> ``(0.0, 0.0)``."""
+    try:
+        low, _, high = text.partition("-")
+        pair = (float(low), float(high or low))
+    except ValueError:
+        raise ConfigError(
+            f"latency {text!r} is not MIN-MAX in milliseconds, e.g. '10-50' or '0-0'"
+        ) from None
+    if pair[0] < 0 or pair[1] < pair[0]:
+        raise ConfigError(f"latency {text!r} needs 0 <= MIN <= MAX")
+    return pair
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    kind = str(FIELDS[name].type)
+    try:
+        if name == "sim_latency_ms":
+            if isinstance(value, str):
+                return parse_latency(value)
+            low, high = value
+            return (float(low), float(high))
+        if name == "sim_failure_kinds":
+            items = value.split(",") if isinstance(value, str) else value
+            return tuple(str(v).strip() for v in items if str(v).strip())
+        if kind.startswith("int"):
+            if value in ("", "none", "None") and "None" in kind:
+                return None
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if kind.startswith("float"):
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{source}: {name} = {value!r} is not a valid {kind}") from None
+
+
+def from_mapping(data: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """Validate and convert settings read from ``source``; unknown keys are an error."""
+    unknown = sorted(set(data) - set(FIELDS))
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown setting(s) {', '.join(unknown)}; "
+            f"allowed: {', '.join(sorted(FIELDS))}"
+        )
+    return {name: _coerce(name, value, source) for name, value in data.items()}
+
+
+def from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Settings from ``HOSPITAL_REFRESH_<NAME>`` variables (``..._LOG`` is the log path)."""
+    found: dict[str, Any] = {}
+    for name in FIELDS:
+        key = f"{ENV_PREFIX}{'LOG' if name == 'log_path' else name.upper()}"
+        if key in environ:
+            found[name] = _coerce(name, environ[key], f"environment variable {key}")
+    return found
+
+
+def load_settings(
+    config_file: str | None = None,
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Merge defaults, the TOML file, the environment and ``flags`` (None means not given)."""
+    environ = os.environ if environ is None else environ
+    merged: dict[str, Any] = {}
+    path = config_file or environ.get(f"{ENV_PREFIX}CONFIG")
+    if path is None and Path(LOCAL_CONFIG).is_file():
+        path = LOCAL_CONFIG
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        merged.update(from_mapping(data, f"config file {path}"))
+    merged.update(from_env(environ))
+    merged.update({k: v for k, v in (flags or {}).items() if v is not None})
+    return Settings(**merged)
