@@ -99,10 +99,11 @@ class TaskDrained:
 
 @dataclass(frozen=True, slots=True)
 class Expand:
-    """Fetch the children of the node at ``path`` and hand them down."""
+    """Fetch the children of the nodes at ``paths`` (siblings travel together) and hand them
+    down."""
 
     task_id: str
-    path: Path
+    paths: tuple[Path, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,9 +125,9 @@ class FetchFailed:
 
 @dataclass(frozen=True, slots=True)
 class Submit:
-    """Queue a call at the dispatcher."""
+    """Queue calls at the dispatcher."""
 
-    job: FetchJob
+    jobs: tuple[FetchJob, ...]
 
 
 @dataclass(frozen=True, slots=True)

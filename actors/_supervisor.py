@@ -183,17 +183,17 @@ class Supervisor(pykka.ThreadingActor):
                 return
             self._journal_then((started,), msg.reply, True)
             log.info("task started", task_id=task_id, task_type="province", target=province)
-            safe_tell(self._provinces, Expand(task_id, (province,)))
+            safe_tell(self._provinces, Expand(task_id, ((province,),)))
             return
         self._journal_then((started,), msg.reply, True)
         log.info("task started", task_id=task_id, task_type="full")
-        safe_tell(self._dispatcher, Submit(FetchJob(task_id, (), self.actor_ref)))
+        safe_tell(self._dispatcher, Submit((FetchJob(task_id, (), self.actor_ref),)))
 
     def _on_root(self, message: Fetched | FetchFailed) -> None:
         children = journal_outcome(self._journal, message)
-        task_id = message.job.task_id
-        for name in children:
-            safe_tell(self._provinces, Expand(task_id, (name,)))
+        if children:
+            paths = tuple((name,) for name in children)
+            safe_tell(self._provinces, Expand(message.job.task_id, paths))
 
     def _on_drained(self, message: TaskDrained) -> None:
         task_id = message.task_id

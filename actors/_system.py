@@ -25,7 +25,7 @@ from ._levels import CityActor, DistrictActor, ProvinceActor
 from ._logging import ensure_structlog
 from ._loop import LoopThread
 from ._messages import AttachSupervisor, PoolStats, Query
-from ._pool import Dispatcher, FetchActor
+from ._pool import Dispatcher, FetchActor, OwnLoops
 from ._retry import RetryPolicy
 from ._supervisor import Supervisor
 from ._tell import safe_tell
@@ -72,6 +72,7 @@ class ActorSystem:
         self._stopped = False
         self._stop_lock = threading.Lock()
         self.loop = LoopThread()
+        self.own_loops = OwnLoops()
         self.refs: list[pykka.ActorRef[Any]] = []
         try:
             self.journal = self._start(Journal.start(self.store, self.view))
@@ -80,7 +81,9 @@ class ActorSystem:
             )
             self.workers = [
                 self._start(
-                    FetchActor.start(self.dispatcher, service, self.loop, config.call_timeout)
+                    FetchActor.start(
+                        self.dispatcher, service, self.loop, config.call_timeout, self.own_loops
+                    )
                 )
                 for _ in range(config.concurrency)
             ]
@@ -135,6 +138,7 @@ class ActorSystem:
         journal = by_role.pop(0) if by_role else None
         for ref in by_role[:1]:  # the dispatcher: no new calls from here on
             ref.stop(block=True, timeout=timeout)
+        self.own_loops.cancel_all()
         self.loop.stop(self.service.aclose, timeout=timeout)
         for ref in by_role[1:]:
             with contextlib.suppress(pykka.Timeout):

@@ -9,6 +9,7 @@ way the eventsourcing library keeps its stored-event record apart from the domai
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
@@ -25,8 +26,10 @@ def now() -> float:
     return time.time()
 
 
+@functools.lru_cache(maxsize=4096)
 def iso(ts: float | None) -> str | None:
-    """Render an epoch timestamp as ISO-8601 UTC, or None."""
+    """Render an epoch timestamp as ISO-8601 UTC, or None (cached: status dicts render the same
+    few timestamps over and over)."""
     if ts is None:
         return None
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")

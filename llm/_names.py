@@ -72,7 +72,9 @@ def _check_name(index: int, item: object) -> str:
             f"LLM output rejected: item {index} {_show(name)} has {len(name)} characters, "
             f"more than {MAX_NAME_LENGTH}"
         )
-    for char in name:
+    # isprintable() is False for every character of the forbidden categories (and a few more),
+    # so the per-character walk runs only for the rare name that fails it.
+    for char in "" if name.isprintable() else name:
         if unicodedata.category(char) in _FORBIDDEN_CATEGORIES:
             raise LLMMalformedOutput(
                 f"LLM output rejected: item {index} {_show(name)} contains control character "

@@ -105,6 +105,12 @@ class LLMService:
     max_items: int = 500
     """Most distinct names one answer may hold; more is rejected as malformed."""
 
+    any_event_loop: bool = False
+    """True if calls may run on several event loops at once: the service holds nothing bound
+    to a loop (no ``httpx.AsyncClient`` made in ``__init__``, say). The fetch pool then runs
+    each call on its fetch actor's own loop, saving two thread hops per call. The default,
+    False, runs every call on one shared loop, which is right for any service."""
+
     def _missing(self, method: str) -> NotImplementedError:
         return NotImplementedError(
             f"{type(self).__name__} does not implement {method}(); override it in your "

@@ -21,6 +21,7 @@ counters are guarded by a lock, and nothing is held across an ``await``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import math
 import random
@@ -62,18 +63,20 @@ _MALFORMED_VARIANTS = (
 
 def synthetic_hospitals(path: Sequence[str]) -> list[str]:
     """The 2-6 SYNTHETIC hospital names of the district at ``path``, stable across processes."""
-    key = "/".join(path)
-    digest = hashlib.sha256(key.encode()).digest()
+    return list(_synthetic_hospitals(tuple(path)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _synthetic_hospitals(path: tuple[str, ...]) -> tuple[str, ...]:
+    digest = hashlib.sha256("/".join(path).encode()).digest()
     count = 2 + digest[0] % 5
-    ranked = sorted(
-        _HOSPITAL_KINDS, key=lambda kind: hashlib.sha256(f"{key}#{kind}".encode()).digest()
-    )
+    ranked = random.Random(digest).sample(_HOSPITAL_KINDS, count)
     district = path[-1]
     city = path[-2] if len(path) >= 2 else district
     # Urban districts are named after their city, as real ones are (北京市朝阳区人民医院), which
     # also keeps same-named districts of different cities apart.
     prefix = city + district if district.endswith("区") and city != district else district
-    return [prefix + kind for kind in ranked[:count]]
+    return tuple(prefix + kind for kind in ranked)
 
 
 def _malformed(variant: str, truth: list[str]) -> object:
@@ -102,6 +105,8 @@ class SimulatedLLMService(LLMService):
     or "malformed" (a bad answer that ``fetch_children`` rejects as ``LLMMalformedOutput``).
     ``seed`` makes the draws repeatable; ``None`` seeds from the OS.
     """
+
+    any_event_loop = True
 
     def __init__(
         self,

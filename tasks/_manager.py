@@ -38,7 +38,7 @@ from actors._messages import CancelTask, CleanupTasks, CreateTask, StartTask
 from events import FINISHED, STATUSES
 from llm import LLMService
 
-from ._config import Settings
+from ._config import Settings, load_settings
 from ._progress import ProgressCallback, ProgressTracker
 
 Status = dict[str, Any]
@@ -60,7 +60,9 @@ class TaskManager:
 
     ``log_path`` defaults to ``$HOSPITAL_REFRESH_LOG`` or
     ``~/.local/share/hospital-refresh/events.hrlog``; ``llm_service`` to the simulated backend.
-    Opening an existing log restores every task's status by replay. Close it with
+    Without ``settings``, the rest is read as the command line reads it (``tasks.load_settings``:
+    the TOML file, then ``HOSPITAL_REFRESH_*`` variables such as
+    ``HOSPITAL_REFRESH_SIM_LATENCY_MS=0-2``); the arguments given here win. Opening an existing log restores every task's status by replay. Close it with
     :meth:`close`, ``async with`` or ``with``.
     """
 
@@ -78,7 +80,9 @@ class TaskManager:
         fsync: str | None = None,
         settings: Settings | None = None,
     ) -> None:
-        settings = (settings or Settings()).replace(
+        # Without explicit settings, read them as the command line does (TOML file, then
+        # HOSPITAL_REFRESH_* variables); the arguments given here win, as flags do.
+        settings = (settings if settings is not None else load_settings()).replace(
             log_path=os.fspath(log_path) if log_path is not None else None,
             concurrency=concurrency,
             max_retries=max_retries,

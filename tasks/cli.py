@@ -9,13 +9,26 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from store import AuditReport, LogFormatError, audit_log, iter_valid, repair_log
+from store import (
+    AuditReport,
+    EventStore,
+    LogCorruptedError,
+    LogFormatError,
+    LogLockedError,
+    audit_log,
+    iter_valid,
+    repair_log,
+)
 
+from ._config import ConfigError, Settings, default_log_path, load_settings, parse_latency
+from ._export import to_csv, to_nested
 from ._logging import LOG_FORMATS, configure_logging
+from ._progress_view import run_refresh
 
 EXIT_OK = 0
 EXIT_TORN = 1
 EXIT_CORRUPT = 2
+EXIT_INTERRUPTED = 130
 EXIT_USAGE = 64
 
 Command = Callable[[argparse.Namespace], int]
@@ -95,6 +108,105 @@ def cmd_repair(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _settings(args: argparse.Namespace) -> Settings:
+    flags = {
+        "log_path": args.log,
+        "log_level": args.log_level,
+        "log_format": args.log_format,
+        "concurrency": getattr(args, "concurrency", None),
+        "max_retries": getattr(args, "max_retries", None),
+        "backoff_base": getattr(args, "backoff_base", None),
+        "sim_latency_ms": getattr(args, "sim_latency", None),
+        "sim_failure_rate": getattr(args, "sim_failure_rate", None),
+        "seed": getattr(args, "seed", None),
+    }
+    return load_settings(getattr(args, "config", None), flags)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run a full refresh (or one province) to the end; exit 0 SUCCEEDED, 1 FAILED."""
+    settings = _settings(args)
+    return run_refresh(settings, args.province, plain=args.plain)
+
+
+def _open_readonly(path: str) -> EventStore:
+    return EventStore(path, readonly=True)
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    """List the tasks the log knows, as replay rebuilds them."""
+    with _open_readonly(args.log) as store:
+        statuses = store.projection.list_status(args.status)
+    if args.json:
+        _print_json(statuses)
+        return EXIT_OK
+    print(f"{'TASK ID':<14}{'TYPE':<10}{'TARGET':<12}{'STATUS':<11}{'PROGRESS':>8}  CREATED")
+    for s in statuses:
+        print(
+            f"{s['task_id']:<14}{s['task_type']:<10}{(s['target'] or '-'):<12}"
+            f"{s['status']:<11}{s['progress']:>7}%  {s['created_at']}"
+        )
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print one task's status dict; exit 1 if the log knows no such task."""
+    with _open_readonly(args.log) as store:
+        status = store.projection.status(args.task_id)
+    if status is None:
+        print(f"error: no task {args.task_id!r} in {args.log}", file=sys.stderr)
+        return 1
+    if args.json:
+        _print_json(status)
+    else:
+        for key, value in status.items():
+            print(f"{key + ':':<16}{_short(value) if value is not None else '-'}")
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export a task's tree as CSV (one row per hospital) or nested JSON."""
+    with _open_readonly(args.log) as store:
+        state = store.projection.tasks.get(args.task_id)
+        if state is None:
+            print(f"error: no task {args.task_id!r} in {args.log}", file=sys.stderr)
+            return 1
+        text = (
+            to_csv(state)
+            if args.format == "csv"
+            else json.dumps(to_nested(state), ensure_ascii=False, indent=2) + "\n"
+        )
+    if args.output:
+        with open(args.output, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+def _latency(text: str) -> tuple[float, float]:
+    try:
+        return parse_latency(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a rate between 0 and 1")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 1")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     common = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
@@ -109,6 +221,42 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add = functools.partial(sub.add_parser, parents=[common], allow_abbrev=False)
+
+    log_help = f"path of the event log (default: $HOSPITAL_REFRESH_LOG or {default_log_path()})"
+
+    p = add("run", help="run a full refresh (or one province) to the end")
+    p.add_argument("--log", help=log_help)
+    p.add_argument("--province", help="refresh only this province, e.g. 北京市 (default: all)")
+    p.add_argument("--config", help="TOML settings file (default: ./hospital-refresh.toml)")
+    p.add_argument("--concurrency", type=_positive_int, help="LLM calls in flight (default 5)")
+    p.add_argument("--max-retries", type=int, help="retries per call (default 3)")
+    p.add_argument("--backoff-base", type=float, help="seconds before the first retry (1.0)")
+    p.add_argument(
+        "--sim-latency", type=_latency, metavar="MIN-MAX", help="simulated delay in ms (10-50)"
+    )
+    p.add_argument("--sim-failure-rate", type=_rate, metavar="F", help="0..1 (default 0)")
+    p.add_argument("--seed", type=int, help="seed of the simulated backend")
+    p.add_argument("--plain", action="store_true", help="plain progress lines, no bar")
+    p.set_defaults(func=cmd_run)
+
+    p = add("tasks", help="list the tasks in a log")
+    p.add_argument("--log", default=None, help=log_help)
+    p.add_argument("--status", choices=("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"))
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_tasks)
+
+    p = add("status", help="print one task's status")
+    p.add_argument("task_id")
+    p.add_argument("--log", default=None, help=log_help)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_status)
+
+    p = add("export", help="export a task's tree as CSV or JSON")
+    p.add_argument("task_id")
+    p.add_argument("--log", default=None, help=log_help)
+    p.add_argument("--format", choices=("csv", "json"), default="csv")
+    p.add_argument("--output", help="write to this file instead of stdout")
+    p.set_defaults(func=cmd_export)
 
     p = add("audit", help="verify a log without modifying it")
     p.add_argument("--log", required=True, help="path of the event log")
@@ -136,9 +284,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging(args.log_level, args.log_format)
     except ValueError as exc:
         parser.error(str(exc))
+    if getattr(args, "log", "unset") is None:
+        args.log = default_log_path()
     try:
         return int(args.func(args))
-    except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except LogLockedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except LogCorruptedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CORRUPT
+    except (FileNotFoundError, FileExistsError, IsADirectoryError, PermissionError) as exc:
         print(f"error: {exc.strerror or exc}: {exc.filename or ''}", file=sys.stderr)
         return EXIT_USAGE
     except LogFormatError as exc:

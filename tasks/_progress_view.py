@@ -1,0 +1,110 @@
+"""The main job: run one refresh to the end, show its progress, print a summary.
+
+A live bar (rich) on a terminal; plain lines otherwise, one per percent gained, so a log file or
+CI output stays readable. Ctrl-C cancels the task cleanly: the cancel is journaled, the actors
+stop, the log is flushed, and the exit code is 130.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+from ._config import Settings
+from ._manager import TaskManager
+
+EXIT_SUCCEEDED = 0
+EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130
+
+
+def run_refresh(settings: Settings, province: str | None, *, plain: bool = False) -> int:
+    """Run a full refresh (or ``province``) with ``settings``; the process exit code."""
+    use_bar = not plain and sys.stderr.isatty()
+    try:
+        return asyncio.run(_run(settings, province, use_bar))
+    except KeyboardInterrupt:
+        print("interrupted: the task was cancelled and the log is consistent", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+async def _run(settings: Settings, province: str | None, use_bar: bool) -> int:
+    started = time.perf_counter()
+    async with TaskManager(settings=settings) as manager:
+        task_type = "province" if province else "full"
+        task_id = await manager.create_refresh_task(task_type, province)
+        show, stop_showing = _progress_display(use_bar, task_id)
+        unsubscribe = manager.add_progress_callback(task_id, show)
+        try:
+            await manager.start_task(task_id)
+            status = await manager.wait_for_task(task_id)
+        except asyncio.CancelledError:
+            await manager.cancel_task(task_id)
+            raise
+        finally:
+            unsubscribe()
+            stop_showing()
+        stats = await manager.pool_stats()
+    _print_summary(status, time.perf_counter() - started, stats, settings)
+    return EXIT_SUCCEEDED if status["status"] == "SUCCEEDED" else EXIT_FAILED
+
+
+def _progress_display(
+    use_bar: bool, task_id: str
+) -> tuple[Callable[[int, str], None], Callable[[], None]]:
+    if use_bar:
+        bar = Progress(
+            TextColumn("[bold]{task.fields[task_id]}"),
+            BarColumn(),
+            TaskProgressColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.description}"),
+            transient=False,
+        )
+        handle = bar.add_task("starting", total=100, task_id=task_id)
+        bar.start()
+
+        def show_bar(progress: int, step: str) -> None:
+            bar.update(handle, completed=progress, description=step)
+
+        return show_bar, bar.stop
+
+    last = [-1]
+
+    def show_line(progress: int, step: str) -> None:
+        if progress > last[0]:
+            last[0] = progress
+            print(f"[{progress:>3}%] {step}", flush=True)
+
+    return show_line, lambda: None
+
+
+def _print_summary(
+    status: dict[str, Any], wall_s: float, stats: dict[str, Any], settings: Settings
+) -> None:
+    counts = status["counts"]
+    calls = stats["calls_by_task"].get(status["task_id"], 0)
+    print()
+    print(f"task {status['task_id']} {status['status']} in {wall_s:.1f} s")
+    print(
+        f"  provinces {counts['provinces']}, cities {counts['cities']}, "
+        f"districts {counts['districts']}, hospitals {counts['hospitals']}"
+    )
+    print(f"  LLM calls {calls} ({calls / wall_s:.0f}/s), retries {status['retries']}")
+    if status["error"]:
+        print(f"  error: {status['error']}")
+    failed = status["failed_paths"]
+    if failed:
+        print(f"  failed nodes ({len(failed)}):")
+        for path in failed[:20]:
+            print(f"    {' / '.join(path) or '全国'}")
+        if len(failed) > 20:
+            print(
+                f"    ... and {len(failed) - 20} more (hospital-refresh status {status['task_id']})"
+            )
+    print(f"  log: {settings.log_path}")
