@@ -15,7 +15,7 @@ from typing import Any
 import pykka
 import structlog
 
-from events import RUNNING, Event, ProgressChanged, TasksCleanedUp, TaskStarted
+from events import RUNNING, Event, ProgressChanged, TaskResumed, TasksCleanedUp, TaskStarted
 from store import EventStore
 
 from ._messages import Append, AttachSupervisor, Query, Snapshot, TaskDrained
@@ -39,6 +39,9 @@ class Journal(pykka.ThreadingActor):
 
     def on_start(self) -> None:
         projection = self._store.projection
+        for state in projection.tasks.values():
+            # Running in the log but not in this process: the last writer stopped mid-task.
+            state.interrupted = state.status == RUNNING
         self._view.publish({tid: s.to_status() for tid, s in projection.tasks.items()})
 
     def on_receive(self, message: Any) -> Any:
@@ -84,7 +87,7 @@ class Journal(pykka.ThreadingActor):
                 touched.update(dict.fromkeys(event.task_ids))
             elif event.task_id:
                 touched[event.task_id] = None
-                if isinstance(event, TaskStarted):
+                if isinstance(event, TaskStarted | TaskResumed):
                     self._drained.discard(event.task_id)
         derived: list[Event] = []
         drained: list[TaskDrained] = []

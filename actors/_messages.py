@@ -80,6 +80,15 @@ class ResumeTask:
 
 
 @dataclass(frozen=True, slots=True)
+class ResumeFrontier:
+    """The journal's answer to a resume: the nodes the task still has to fetch."""
+
+    task_id: str
+    paths: tuple[Path, ...]
+    reply: Future[bool]
+
+
+@dataclass(frozen=True, slots=True)
 class CleanupTasks:
     hours: float
     reply: Future[int]

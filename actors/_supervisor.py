@@ -20,6 +20,7 @@ import pykka
 import structlog
 
 from events import (
+    FAILED,
     FINISHED,
     PENDING,
     RUNNING,
@@ -29,6 +30,7 @@ from events import (
     TaskCancelled,
     TaskCreated,
     TaskFailed,
+    TaskResumed,
     TasksCleanedUp,
     TaskStarted,
     TaskSucceeded,
@@ -48,6 +50,9 @@ from ._messages import (
     Fetched,
     FetchFailed,
     FetchJob,
+    Query,
+    ResumeFrontier,
+    ResumeTask,
     StartTask,
     Submit,
     TaskDrained,
@@ -96,14 +101,15 @@ class Supervisor(pykka.ThreadingActor):
         self,
         journal: pykka.ActorRef[Any],
         dispatcher: pykka.ActorRef[Any],
-        provinces: pykka.ActorRef[Any],
+        levels: tuple[pykka.ActorRef[Any], pykka.ActorRef[Any], pykka.ActorRef[Any]],
         view: StatusView,
         divisions: Divisions,
     ) -> None:
         super().__init__()
         self._journal = journal
         self._dispatcher = dispatcher
-        self._provinces = provinces
+        self._levels = levels
+        self._provinces = levels[0]
         self._view = view
         self._divisions = divisions
         self._claimed: dict[str, str] = {}
@@ -121,6 +127,10 @@ class Supervisor(pykka.ThreadingActor):
             self._guard(message.reply, lambda: self._cancel(message))
         elif isinstance(message, CleanupTasks):
             self._guard(message.reply, lambda: self._cleanup(message))
+        elif isinstance(message, ResumeTask):
+            self._guard(message.reply, lambda: self._resume(message))
+        elif isinstance(message, ResumeFrontier):
+            self._guard(message.reply, lambda: self._on_frontier(message))
         return None
 
     @staticmethod
@@ -174,10 +184,10 @@ class Supervisor(pykka.ThreadingActor):
         started = TaskStarted(task_id=task_id)
         if current["task_type"] == "province":
             province = current["target"]
-            if province not in self._divisions.provinces():
+            if not self._known(province):
                 error = unknown_province_error(province, self._divisions)
                 log.error("task failed", task_id=task_id, error=error)
-                self._claimed[task_id] = "FAILED"
+                self._claimed[task_id] = FAILED
                 failed = TaskFailed(task_id=task_id, error=error)
                 self._journal_then((started, failed), msg.reply, True)
                 return
@@ -224,6 +234,60 @@ class Supervisor(pykka.ThreadingActor):
         log.info("task cancelled", task_id=task_id)
         self._journal_then((TaskCancelled(task_id=task_id),), msg.reply, True)
 
+    def _resume(self, msg: ResumeTask) -> None:
+        task_id = msg.task_id
+        current = self._view.peek(task_id)
+        status = self._status(task_id)
+        reason = None
+        if current is None:
+            reason = "no such task"
+        elif status == RUNNING and (task_id in self._claimed or not current["interrupted"]):
+            reason = "it is running in this process"
+        elif status not in (RUNNING, FAILED):
+            reason = f"it is {status}; only interrupted or FAILED tasks can be resumed"
+        elif current["task_type"] == "province" and not self._known(current["target"]):
+            reason = f"its target {current['target']!r} is not a known province"
+        if reason is not None:
+            log.info("task not resumed", task_id=task_id, reason=reason)
+            msg.reply.set_result(False)
+            return
+        assert current is not None
+        self._claimed[task_id] = RUNNING
+        retry = tuple(tuple(p) for p in current["failed_paths"])
+        log.info("task resumed", task_id=task_id, was=status, retrying=len(retry))
+        safe_tell(self._dispatcher, AllowTask(task_id))
+        safe_tell(self._journal, Append((TaskResumed(task_id=task_id, retry_paths=retry),)))
+        frontier: Future[list[Path]] = Future()
+        me = self.actor_ref
+
+        def hand_over(done: Future[list[Path]]) -> None:
+            exc = done.exception()
+            if exc is not None:
+                msg.reply.set_exception(exc)
+            else:
+                safe_tell(me, ResumeFrontier(task_id, tuple(done.result()), msg.reply))
+
+        frontier.add_done_callback(hand_over)
+        query = Query(lambda projection: projection.tasks[task_id].frontier(), frontier)
+        if not safe_tell(self._journal, query):
+            msg.reply.set_exception(RuntimeError("the actor system has stopped"))
+
+    def _known(self, province: str) -> bool:
+        return province in self._divisions.provinces()
+
+    def _on_frontier(self, msg: ResumeFrontier) -> None:
+        """Hand every node still to fetch to the actor of its level."""
+        by_depth: dict[int, list[Path]] = {}
+        for path in msg.paths:
+            by_depth.setdefault(len(path), []).append(path)
+        for depth, paths in sorted(by_depth.items()):
+            if depth == 0:
+                safe_tell(self._dispatcher, Submit((FetchJob(msg.task_id, (), self.actor_ref),)))
+            else:
+                safe_tell(self._levels[depth - 1], Expand(msg.task_id, tuple(paths)))
+        log.info("frontier handed over", task_id=msg.task_id, nodes=len(msg.paths))
+        msg.reply.set_result(True)
+
     def _cleanup(self, msg: CleanupTasks) -> None:
         cutoff = now() - msg.hours * 3600
         old = tuple(
@@ -241,7 +305,3 @@ class Supervisor(pykka.ThreadingActor):
         log.info("tasks cleaned up", count=len(old), older_than_hours=msg.hours)
         event = TasksCleanedUp(task_ids=old, older_than_hours=msg.hours)
         self._journal_then((event,), msg.reply, len(old))
-
-    def allow(self, task_id: str) -> None:
-        """Let the dispatcher make calls for ``task_id`` again (used when resuming)."""
-        safe_tell(self._dispatcher, AllowTask(task_id))

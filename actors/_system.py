@@ -94,7 +94,7 @@ class ActorSystem:
                 Supervisor.start(
                     self.journal,
                     self.dispatcher,
-                    self.provinces,
+                    (self.provinces, city, district),
                     self.view,
                     divisions or Divisions.load(),
                 )

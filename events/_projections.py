@@ -24,6 +24,7 @@ from ._records import (
     TaskCancelled,
     TaskCreated,
     TaskFailed,
+    TaskResumed,
     TasksCleanedUp,
     TaskStarted,
     TaskSucceeded,
@@ -75,6 +76,7 @@ class TaskState:
         "error",
         "failed",
         "finished_at",
+        "interrupted",
         "pending",
         "progress",
         "retries",
@@ -105,6 +107,7 @@ class TaskState:
         self.pending: dict[Path, None] = {root: None}
         self.failed: dict[Path, str] = {}
         self.done_weight = 0.0
+        self.interrupted = False
 
     @property
     def root(self) -> Path:
@@ -158,6 +161,18 @@ class TaskState:
         self.failed[path] = event.error
         self.done_weight += self.weights.get(path, 0.0)
 
+    def resume(self) -> None:
+        """Carry on: failed nodes go back to the frontier and their weight is no longer done."""
+        for path in self.failed:
+            self.done_weight -= self.weights.get(path, 0.0)
+            self.pending[path] = None
+        self.failed = {}
+        self.status = RUNNING
+        self.finished_at = None
+        self.error = None
+        self.interrupted = False
+        self.current_step = "继续刷新"
+
     def to_status(self) -> dict[str, Any]:
         """The dict ``TaskManager.get_task_status`` returns."""
         return {
@@ -178,6 +193,7 @@ class TaskState:
                 "hospitals": self.counts["hospital"],
             },
             "retries": self.retries,
+            "interrupted": self.interrupted,
             "failed_paths": [list(p) for p in self.failed],
             "pending_nodes": len(self.pending),
         }
@@ -263,6 +279,8 @@ class Projection:
             for path in event.failed_paths:
                 state.failed.setdefault(tuple(path), event.error)
             state.current_step = "失败"
+        elif isinstance(event, TaskResumed):
+            state.resume()
         elif isinstance(event, TaskCancelled):
             state.status = CANCELLED
             state.finished_at = event.at

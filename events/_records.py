@@ -125,6 +125,15 @@ class TaskCancelled(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TaskResumed(Event):
+    """An interrupted or failed task carries on from the frontier replay rebuilt;
+    ``retry_paths`` are the failed nodes it will try again."""
+
+    TYPE: ClassVar[str] = "TaskResumed"
+    retry_paths: tuple[Path, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TasksCleanedUp(Event):
     """Finished tasks were dropped from the projections; the log keeps their history.
 
@@ -147,6 +156,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     TaskSucceeded,
     TaskFailed,
     TaskCancelled,
+    TaskResumed,
     TasksCleanedUp,
 )
 

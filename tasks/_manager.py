@@ -34,7 +34,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from actors import ActorSystem, bridge
-from actors._messages import CancelTask, CleanupTasks, CreateTask, StartTask
+from actors._messages import CancelTask, CleanupTasks, CreateTask, ResumeTask, StartTask
 from events import FINISHED, STATUSES
 from llm import LLMService
 
@@ -62,8 +62,9 @@ class TaskManager:
     ``~/.local/share/hospital-refresh/events.hrlog``; ``llm_service`` to the simulated backend.
     Without ``settings``, the rest is read as the command line reads it (``tasks.load_settings``:
     the TOML file, then ``HOSPITAL_REFRESH_*`` variables such as
-    ``HOSPITAL_REFRESH_SIM_LATENCY_MS=0-2``); the arguments given here win. Opening an existing log restores every task's status by replay. Close it with
-    :meth:`close`, ``async with`` or ``with``.
+    ``HOSPITAL_REFRESH_SIM_LATENCY_MS=0-2``); the arguments given here win. Opening an existing
+    log restores every task's status by replay. Close it with :meth:`close`, ``async with`` or
+    ``with``.
     """
 
     def __init__(
@@ -137,6 +138,28 @@ class TaskManager:
         return await self._ask(self._system.supervisor, lambda r: CleanupTasks(float(hours), r))
 
     # --- beyond the guide --------------------------------------------------------------------
+
+    async def resume_task(self, task_id: str) -> bool:
+        """Carry on an interrupted task (RUNNING in the log, but its process died) or a FAILED
+        one (only its failed nodes are tried again) from the frontier that replay rebuilt.
+
+        Nodes whose children were journaled are never fetched again; a node that was in flight
+        when the process died is fetched again (at-least-once per node). False, with the
+        reason logged, for an unknown, PENDING, SUCCEEDED, CANCELLED or live task.
+        """
+        return await self._ask(self._system.supervisor, lambda r: ResumeTask(task_id, r))
+
+    def interrupted_tasks(self) -> list[str]:
+        """Ids of the tasks that were RUNNING when the log's last writer stopped."""
+        return [s["task_id"] for s in self._system.view.list("RUNNING") if s["interrupted"]]
+
+    async def resume_interrupted(self) -> list[str]:
+        """Resume every interrupted task (call it at start-up); the ids that were resumed."""
+        resumed = []
+        for task_id in self.interrupted_tasks():
+            if await self.resume_task(task_id):
+                resumed.append(task_id)
+        return resumed
 
     def add_progress_callback(self, task_id: str, callback: ProgressCallback) -> Callable[[], None]:
         """Call ``callback(progress, current_step)`` whenever the task's progress or step changes.

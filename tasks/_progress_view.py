@@ -54,6 +54,47 @@ async def _run(settings: Settings, province: str | None, use_bar: bool) -> int:
     return EXIT_SUCCEEDED if status["status"] == "SUCCEEDED" else EXIT_FAILED
 
 
+def resume_refresh(settings: Settings, task_id: str | None, *, plain: bool = False) -> int:
+    """Resume ``task_id`` (or, when None, every interrupted task) and run it to the end.
+
+    Exit 0 when every resumed task SUCCEEDED, 1 otherwise (or when nothing could be resumed).
+    """
+    use_bar = not plain and sys.stderr.isatty()
+    try:
+        return asyncio.run(_resume(settings, task_id, use_bar))
+    except KeyboardInterrupt:
+        print("interrupted: the log is consistent; resume again to carry on", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+async def _resume(settings: Settings, task_id: str | None, use_bar: bool) -> int:
+    started = time.perf_counter()
+    async with TaskManager(settings=settings) as manager:
+        wanted = [task_id] if task_id else manager.interrupted_tasks()
+        if not wanted:
+            print("nothing to resume: no task was interrupted", file=sys.stderr)
+            return EXIT_SUCCEEDED
+        statuses = []
+        for tid in wanted:
+            if not await manager.resume_task(tid):
+                current = manager.get_task_status(tid)
+                what = "unknown task" if current is None else f"status {current['status']}"
+                print(f"task {tid} cannot be resumed ({what})", file=sys.stderr)
+                return EXIT_FAILED
+            show, stop_showing = _progress_display(use_bar, tid)
+            unsubscribe = manager.add_progress_callback(tid, show)
+            try:
+                statuses.append(await manager.wait_for_task(tid))
+            finally:
+                unsubscribe()
+                stop_showing()
+        stats = await manager.pool_stats()
+    for status in statuses:
+        _print_summary(status, time.perf_counter() - started, stats, settings)
+    ok = all(s["status"] == "SUCCEEDED" for s in statuses)
+    return EXIT_SUCCEEDED if ok else EXIT_FAILED
+
+
 def _progress_display(
     use_bar: bool, task_id: str
 ) -> tuple[Callable[[int, str], None], Callable[[], None]]:

@@ -23,7 +23,7 @@ from store import (
 from ._config import ConfigError, Settings, default_log_path, load_settings, parse_latency
 from ._export import to_csv, to_nested
 from ._logging import LOG_FORMATS, configure_logging
-from ._progress_view import run_refresh
+from ._progress_view import resume_refresh, run_refresh
 
 EXIT_OK = 0
 EXIT_TORN = 1
@@ -127,6 +127,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Run a full refresh (or one province) to the end; exit 0 SUCCEEDED, 1 FAILED."""
     settings = _settings(args)
     return run_refresh(settings, args.province, plain=args.plain)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    """Resume one task or every interrupted one; exit 0 when each resumed task SUCCEEDED."""
+    if bool(args.task_id) == bool(args.all):
+        print("error: give either a TASK_ID or --all", file=sys.stderr)
+        return EXIT_USAGE
+    return resume_refresh(_settings(args), args.task_id, plain=args.plain)
 
 
 def _open_readonly(path: str) -> EventStore:
@@ -238,6 +246,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="seed of the simulated backend")
     p.add_argument("--plain", action="store_true", help="plain progress lines, no bar")
     p.set_defaults(func=cmd_run)
+
+    p = add("resume", help="carry on an interrupted or failed task from the log")
+    p.add_argument("task_id", nargs="?", help="the task to resume")
+    p.add_argument("--all", action="store_true", help="resume every interrupted task")
+    p.add_argument("--log", help=log_help)
+    p.add_argument("--config", help="TOML settings file (default: ./hospital-refresh.toml)")
+    p.add_argument("--concurrency", type=_positive_int, help="LLM calls in flight (default 5)")
+    p.add_argument(
+        "--sim-latency", type=_latency, metavar="MIN-MAX", help="simulated delay in ms (10-50)"
+    )
+    p.add_argument("--sim-failure-rate", type=_rate, metavar="F", help="0..1 (default 0)")
+    p.add_argument("--seed", type=int, help="seed of the simulated backend")
+    p.add_argument("--plain", action="store_true", help="plain progress lines, no bar")
+    p.set_defaults(func=cmd_resume)
 
     p = add("tasks", help="list the tasks in a log")
     p.add_argument("--log", default=None, help=log_help)
