@@ -171,13 +171,15 @@ class Dispatcher(pykka.ThreadingActor):
 
     def _on_done(self, done: WorkDone) -> None:
         job = done.job
+        if job.task_id in self._dropped:
+            # Cancelled while this call was in flight: its answer is not journaled either, so a
+            # CANCELLED task's status and tree stay as they were when it was cancelled.
+            return
         if done.exc is None and done.children is not None:
             safe_tell(job.reply_to, Fetched(job, done.children))
             return
         exc = done.exc or RuntimeError("fetch returned nothing")
         error = describe(exc)
-        if job.task_id in self._dropped:
-            return
         if is_permanent(exc) or job.attempt >= self._retry.max_retries:
             self._failures += 1
             safe_tell(job.reply_to, FetchFailed(job, error, exc))

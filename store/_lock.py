@@ -44,3 +44,26 @@ class WriterLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+
+def live_writer(log_path: str) -> int | None:
+    """The pid of the process writing the log at ``log_path``, or None if nobody is.
+
+    Reads the pid the writer recorded and checks that the process exists, without touching
+    the lock itself, so a reader never gets in a starting writer's way.
+    """
+    try:
+        with open(f"{log_path}.lock", "rb") as f:
+            text = f.read(32).decode(errors="replace").strip()
+    except FileNotFoundError:
+        return None
+    if not text.isdigit():
+        return None
+    pid = int(text)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    return pid

@@ -17,6 +17,8 @@ Example ``hospital-refresh.toml``::
 from __future__ import annotations
 
 import dataclasses
+import logging
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -28,8 +30,11 @@ from actors import RetryPolicy, SystemConfig
 from llm import FAILURE_KINDS, SimulatedLLMService
 from store import FSYNC_POLICIES
 
+from ._logging import LOG_FORMATS
+
 ENV_PREFIX = "HOSPITAL_REFRESH_"
 LOCAL_CONFIG = "hospital-refresh.toml"
+LOG_LEVELS: tuple[str, ...] = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 class ConfigError(ValueError):
@@ -75,10 +80,51 @@ class Settings:
             raise ConfigError(f"max_items must be >= 1, got {self.max_items}")
         if self.snapshot_every < 1:
             raise ConfigError(f"snapshot_every must be >= 1, got {self.snapshot_every}")
+        self._check_backoff()
+        self._check_simulated()
+        self._check_logging()
         try:
             self.system_config()
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+
+    def _check_backoff(self) -> None:
+        # RetryPolicy checks these too, but its messages do not name the settings.
+        for name in ("backoff_base", "backoff_cap"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(
+                    f"{name} must be a number of seconds >= 0, got {getattr(self, name)!r}"
+                )
+        if not 0 <= self.backoff_jitter <= 1:
+            raise ConfigError(
+                f"backoff_jitter must be between 0 and 1, got {self.backoff_jitter!r}"
+            )
+
+    def _check_simulated(self) -> None:
+        low, high = self.sim_latency_ms
+        if not (math.isfinite(low) and math.isfinite(high) and 0 <= low <= high):
+            raise ConfigError(
+                f"sim_latency_ms {self.sim_latency_ms!r} must be MIN-MAX milliseconds with "
+                "0 <= MIN <= MAX, e.g. '10-50' or '0-0'"
+            )
+        if not 0 <= self.sim_failure_rate <= 1:
+            raise ConfigError(
+                f"sim_failure_rate must be between 0 and 1, got {self.sim_failure_rate!r}"
+            )
+        unknown = [kind for kind in self.sim_failure_kinds if kind not in FAILURE_KINDS]
+        if unknown or (self.sim_failure_rate > 0 and not self.sim_failure_kinds):
+            raise ConfigError(
+                f"sim_failure_kinds {list(self.sim_failure_kinds)!r} must name one or more of "
+                f"{', '.join(FAILURE_KINDS)}"
+            )
+
+    def _check_logging(self) -> None:
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(
+                f"log_format {self.log_format!r} is not one of {', '.join(LOG_FORMATS)}"
+            )
+        if not isinstance(logging.getLevelName(str(self.log_level).upper()), int):
+            raise ConfigError(f"log_level {self.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
 
     def retry_policy(self) -> RetryPolicy:
         """The retry policy these settings describe."""
@@ -155,6 +201,8 @@ def _coerce(name: str, value: Any, source: str) -> Any:
                 raise ValueError
             return float(value)
         return str(value)
+    except ConfigError as exc:  # a ValueError that already says what is allowed
+        raise ConfigError(f"{source}: {name}: {exc}") from None
     except (TypeError, ValueError):
         raise ConfigError(f"{source}: {name} = {value!r} is not a valid {kind}") from None
 

@@ -133,7 +133,7 @@ class TaskManager:
 
         They leave the projections (status, list) but the log keeps their whole history.
         """
-        if isinstance(hours, bool) or not isinstance(hours, int | float) or hours < 0:
+        if isinstance(hours, bool) or not isinstance(hours, int | float) or not hours >= 0:
             raise ValueError(f"hours must be a number >= 0, got {hours!r}")
         return await self._ask(self._system.supervisor, lambda r: CleanupTasks(float(hours), r))
 

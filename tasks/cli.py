@@ -17,6 +17,7 @@ from store import (
     LogLockedError,
     audit_log,
     iter_valid,
+    live_writer,
     repair_log,
 )
 
@@ -138,7 +139,13 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def _open_readonly(path: str) -> EventStore:
-    return EventStore(path, readonly=True)
+    """Replay the log without taking the writer lock; with no live writer, RUNNING tasks are
+    shown as interrupted, as a TaskManager opening the log would show them."""
+    store = EventStore(path, readonly=True)
+    if live_writer(path) is None:
+        for state in store.projection.tasks.values():
+            state.interrupted = state.status == "RUNNING"
+    return store
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
