@@ -11,7 +11,6 @@ turns the fields of version N into those of version N + 1. Old events then load 
 from __future__ import annotations
 
 import dataclasses
-import operator
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -43,7 +42,7 @@ class EventCodec:
 
     def __init__(self, types: Iterable[type[Event]] = EVENT_TYPES) -> None:
         self._types: dict[str, type[Event]] = {}
-        self._fields: dict[type[Event], tuple[tuple[str, ...], Callable[[Event], Any]]] = {}
+        self._encoders: dict[type[Event], tuple[str, int, Callable[[Event], dict[str, Any]]]] = {}
         self._upcasters: dict[tuple[str, int], Upcaster] = {}
         self._packer = msgpack.Packer(use_bin_type=True)
         for cls in types:
@@ -51,10 +50,12 @@ class EventCodec:
 
     def register(self, cls: type[Event]) -> None:
         """Make ``cls`` known under its ``TYPE`` tag (replacing an older class of that tag)."""
+        old = self._types.get(cls.TYPE)
+        if old is not None:
+            self._encoders.pop(old, None)
         self._types[cls.TYPE] = cls
         names = tuple(f.name for f in dataclasses.fields(cls))
-        getter = operator.attrgetter(*names)
-        self._fields[cls] = (names, getter if len(names) > 1 else lambda e: (getter(e),))
+        self._encoders[cls] = (cls.TYPE, cls.VERSION, _fields_getter(names))
 
     def register_upcaster(self, type_tag: str, from_version: int, fn: Upcaster) -> None:
         """Register ``fn`` to turn fields of ``from_version`` into those of the next version."""
@@ -67,14 +68,11 @@ class EventCodec:
 
     def encode(self, event: Event, seq: int) -> bytes:
         """Pack ``event`` with its sequence number into one payload."""
-        cls = type(event)
-        shape = self._fields.get(cls)
-        if shape is None or self._types.get(cls.TYPE) is not cls:
-            raise CodecError(f"{cls.__name__} is not a registered event type")
-        names, getter = shape
-        return self._packer.pack(
-            (seq, cls.TYPE, cls.VERSION, dict(zip(names, getter(event), strict=True)))
-        )
+        shape = self._encoders.get(type(event))
+        if shape is None:
+            raise CodecError(f"{type(event).__name__} is not a registered event type")
+        tag, version, fields = shape
+        return self._packer.pack((seq, tag, version, fields(event)))
 
     def decode(self, payload: bytes | memoryview, offset: int = 0) -> Recorded:
         """Unpack one payload found at byte ``offset`` of the log into a :class:`Recorded`."""
@@ -115,6 +113,17 @@ class EventCodec:
             fields = step(fields)
             version += 1
         return fields
+
+
+def _fields_getter(names: tuple[str, ...]) -> Callable[[Event], dict[str, Any]]:
+    """A function building ``{name: event.name, ...}`` as one dict display.
+
+    Generated like dataclasses' own methods: a dict display is ~5x faster than
+    ``dict(zip(names, attrgetter(*names)(event), strict=True))``, and encoding is the hot path of
+    every append. ``names`` are dataclass field names, so they are identifiers.
+    """
+    items = ", ".join(f"{name!r}: e.{name}" for name in names)
+    return eval(f"lambda e: {{{items}}}")
 
 
 DEFAULT_CODEC = EventCodec()

@@ -49,7 +49,7 @@ LEVEL_LABELS: dict[str, str] = {
 LEAF_DEPTH = 3
 """Paths this long are districts: their children are hospitals, which are not nodes."""
 
-PROJECTION_VERSION = 1
+PROJECTION_VERSION = 2
 """Bumped whenever the state layout changes, so that an older snapshot is ignored, not trusted."""
 
 
@@ -152,13 +152,13 @@ class TaskState:
         self.current_step = step_label(path, event.level)
         return True
 
-    def apply_failure(self, event: NodeFailed) -> None:
+    def mark_failed(self, path: Path, error: str) -> None:
         """A node failed for good: its weight counts as resolved, its path is listed."""
-        path = event.path
+        path = tuple(path)
         if path in self.children or path in self.failed:
             return
         self.pending.pop(path, None)
-        self.failed[path] = event.error
+        self.failed[path] = error
         self.done_weight += self.weights.get(path, 0.0)
 
     def resume(self) -> None:
@@ -262,7 +262,7 @@ class Projection:
         elif isinstance(event, FetchRetried):
             state.retries += 1
         elif isinstance(event, NodeFailed):
-            state.apply_failure(event)
+            state.mark_failed(event.path, event.error)
         elif isinstance(event, TaskStarted):
             state.status = RUNNING
             state.started_at = event.at
@@ -277,7 +277,7 @@ class Projection:
             state.finished_at = event.at
             state.error = event.error
             for path in event.failed_paths:
-                state.failed.setdefault(tuple(path), event.error)
+                state.mark_failed(path, event.error)
             state.current_step = "失败"
         elif isinstance(event, TaskResumed):
             state.resume()

@@ -115,10 +115,14 @@ def _valid_frame_after(buf: memoryview, offset: int, end: int) -> int | None:
     return None
 
 
-def scan(buf: memoryview, start: int, result: ScanResult) -> Iterator[tuple[int, memoryview]]:
+def scan(
+    buf: memoryview, start: int, result: ScanResult, verified_until: int = 0
+) -> Iterator[tuple[int, memoryview]]:
     """Yield ``(offset, payload)`` for every valid frame from ``start``; fill ``result``.
 
-    Stops at the first bad frame and records whether it is a torn tail or corruption.
+    Stops at the first bad frame and records whether it is a torn tail or corruption. Frames
+    ending at or before ``verified_until`` were checked by this process already (the open
+    that took the writer lock, or our own appends), so their checksums are not computed again.
     """
     end = len(buf)
     offset = start
@@ -133,10 +137,14 @@ def scan(buf: memoryview, start: int, result: ScanResult) -> Iterator[tuple[int,
             stop = body + length
             if 0 < length <= MAX_PAYLOAD and stop <= end:
                 payload = buf[body:stop]
-                seed = length_crcs.get(length)
-                if seed is None:
-                    seed = _length_crc(length)
-                if crc32(payload, seed) == crc:
+                if stop <= verified_until:
+                    ok = True
+                else:
+                    seed = length_crcs.get(length)
+                    if seed is None:
+                        seed = _length_crc(length)
+                    ok = crc32(payload, seed) == crc
+                if ok:
                     result.frames += 1
                     result.last_frame_offset = offset
                     result.valid_end = stop

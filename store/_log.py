@@ -12,6 +12,7 @@ any policy: every append is handed to the kernel before it returns):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import mmap
 import os
@@ -173,13 +174,13 @@ class EventLog:
 
     def _write(self, data: bytes) -> None:
         """Write ``data`` at the end of the log, then apply the fsync policy."""
-        view = memoryview(data)
         end = self._end
-        while view:
-            written = os.pwrite(self._fd, view, end)
-            end += written
-            view = view[written:]
-        self._end = end
+        written = os.pwrite(self._fd, data, end)
+        if written < len(data):  # a short write (rare): finish it
+            view = memoryview(data)
+            while written < len(view):
+                written += os.pwrite(self._fd, view[written:], end + written)
+        self._end = end + written
         if self.fsync == "always":
             os.fdatasync(self._fd)
         else:
@@ -225,7 +226,10 @@ class EventLog:
             return
         end = mm.size() if self.readonly else min(mm.size(), self._end)
         buf = memoryview(mm)[:end]
-        frames = scan(buf, max(from_offset, HEADER_SIZE), result)
+        # A writer checked everything up to _end at open, under the lock, or wrote it itself:
+        # no second checksum pass. A reader checks every frame it yields.
+        trusted = 0 if self.readonly else self._end
+        frames = scan(buf, max(from_offset, HEADER_SIZE), result, verified_until=trusted)
         try:
             for offset, payload in frames:
                 recorded = decode(payload, offset)
@@ -234,7 +238,11 @@ class EventLog:
         finally:
             frames.close()
             buf.release()
-            mm.close()
+            # A decode error in flight: its traceback (the decoder's frame) still holds a view
+            # of the map, and closing now would replace that error with a BufferError. The map
+            # is unmapped when the last view goes.
+            with contextlib.suppress(BufferError):
+                mm.close()
         if result.fault == CORRUPT:
             raise LogCorruptedError(self.path, result.fault_offset or 0, result.detail)
 

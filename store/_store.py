@@ -46,7 +46,6 @@ class EventStore:
             self.log.close()
             raise
         self.replay_seconds = time.perf_counter() - started
-        self.events_replayed = self.projection.events_applied
         self._since_snapshot = 0
 
     @property
@@ -66,7 +65,10 @@ class EventStore:
                 log.warning("ignoring snapshot %s: %s", self.snapshot_path, exc)
         used = projection is not None
         projection = projection or Projection()
+        before = projection.events_applied
         projection.apply_all(self.log.read(start))
+        # Events read from the log on open: all of them, or only the tail after the snapshot.
+        self.events_replayed = projection.events_applied - before
         return projection, used
 
     def append(self, events: Iterable[Event]) -> list[Recorded]:
