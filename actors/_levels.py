@@ -4,6 +4,10 @@ One actor per level for the whole system, with the nodes as data in its messages
 threads stay bounded however large the tree (pykka gives every actor an OS thread). A level
 actor asks the pool for a node's children, journals what comes back, and hands each child down
 to the level below; a node that failed for good is journaled as failed and its siblings go on.
+
+Each fetched list is checked against the GB/T 2260 reference data (``llm.check_names``) before
+it is journaled: the event records every child's adcode, or "" for a name the data does not know,
+which stays in the tree marked unverified (and is logged as a warning), never silently dropped.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import pykka
 import structlog
 
 from events import ChildrenFetched, NodeFailed
-from llm import child_level
+from llm import check_names, child_level, usage_of
 
 from ._messages import Append, Expand, Fetched, FetchFailed, FetchJob, Submit
 from ._tell import safe_tell
@@ -38,11 +42,23 @@ def journal_outcome(
                 count=len(message.children),
                 children=list(message.children),
             )
+        adcodes = check_names(job.path, message.children)
+        if "" in adcodes:
+            log.warning(
+                "names not in the GB/T 2260 reference data: kept, marked unverified",
+                task_id=job.task_id,
+                path=" / ".join(job.path) or "全国",
+                names=[n for n, code in zip(message.children, adcodes, strict=True) if not code],
+            )
+        usage = usage_of(message)
         event: ChildrenFetched | NodeFailed = ChildrenFetched(
             task_id=job.task_id,
             level=child_level(job.path),
             path=job.path,
             children=message.children,
+            adcodes=adcodes,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
         )
         children = message.children
     else:

@@ -13,6 +13,7 @@ from typing import Any
 import pykka
 
 from events import Event, Path
+from llm import Usage
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,10 +118,11 @@ class Expand:
 
 @dataclass(frozen=True, slots=True)
 class Fetched:
-    """A call succeeded: the validated children of ``job.path``."""
+    """A call succeeded: the validated children of ``job.path``, and what the call cost."""
 
     job: FetchJob
     children: tuple[str, ...]
+    usage: Usage | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,12 +164,14 @@ class Work:
 
 @dataclass(frozen=True, slots=True)
 class WorkDone:
-    """A fetch actor finished a call: ``children`` on success, else ``exc``."""
+    """A fetch actor finished a call: ``children`` (and the ``usage`` the backend reported) on
+    success, else ``exc``."""
 
     worker: pykka.ActorRef[Any]
     job: FetchJob
     children: tuple[str, ...] | None
     exc: BaseException | None
+    usage: Usage | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,7 @@ import pykka
 import structlog
 
 from events import FetchRetried
-from llm import LLMService, LLMTimeout, PermanentLLMError
+from llm import LLMService, LLMTimeout, PermanentLLMError, usage_of
 
 from ._loop import LoopThread
 from ._messages import (
@@ -176,7 +176,7 @@ class Dispatcher(pykka.ThreadingActor):
             # CANCELLED task's status and tree stay as they were when it was cancelled.
             return
         if done.exc is None and done.children is not None:
-            safe_tell(job.reply_to, Fetched(job, done.children))
+            safe_tell(job.reply_to, Fetched(job, done.children, done.usage))
             return
         exc = done.exc or RuntimeError("fetch returned nothing")
         error = describe(exc)
@@ -259,11 +259,14 @@ class FetchActor(pykka.ThreadingActor):
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Work):
-            children, exc = self._call(message.job)
-            safe_tell(self._dispatcher, WorkDone(self.actor_ref, message.job, children, exc))
+            names, exc = self._call(message.job)
+            children = None if names is None else tuple(names)
+            done = WorkDone(self.actor_ref, message.job, children, exc, usage_of(names))
+            safe_tell(self._dispatcher, done)
         return None
 
-    def _call(self, job: FetchJob) -> tuple[tuple[str, ...] | None, BaseException | None]:
+    def _call(self, job: FetchJob) -> tuple[list[str] | None, BaseException | None]:
+        """The call's names (a ``Names`` list carrying its token usage), or the error."""
         try:
             if self._own is not None:
                 names = self._run_own(job.path)
@@ -279,7 +282,7 @@ class FetchActor(pykka.ThreadingActor):
             return None, RuntimeError("call cancelled: the actor system is stopping")
         except Exception as exc:
             return None, exc
-        return tuple(names), None
+        return names, None
 
     def _run_own(self, path: tuple[str, ...]) -> list[str]:
         """Run one call on this actor's loop, cancelling it after ``call_timeout``.

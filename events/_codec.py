@@ -16,7 +16,7 @@ from typing import Any
 
 import msgpack
 
-from ._records import EVENT_TYPES, Event, Recorded
+from ._records import EVENT_TYPES, ChildrenFetched, Event, Recorded, children_fetched_v1_to_v2
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -127,4 +127,5 @@ def _fields_getter(names: tuple[str, ...]) -> Callable[[Event], dict[str, Any]]:
 
 
 DEFAULT_CODEC = EventCodec()
-"""The codec for the events this package defines."""
+"""The codec for the events this package defines, with their upcasters."""
+DEFAULT_CODEC.register_upcaster(ChildrenFetched.TYPE, 1, children_fetched_v1_to_v2)

@@ -11,6 +11,7 @@ done once it is a leaf (hospitals fetched, or no children) or has failed.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from itertools import islice
 from typing import Any
 
 from ._records import (
@@ -49,8 +50,14 @@ LEVEL_LABELS: dict[str, str] = {
 LEAF_DEPTH = 3
 """Paths this long are districts: their children are hospitals, which are not nodes."""
 
-PROJECTION_VERSION = 2
+PROJECTION_VERSION = 3
 """Bumped whenever the state layout changes, so that an older snapshot is ignored, not trusted."""
+
+CHECKED_LEVELS: tuple[str, ...] = ("province", "city", "district")
+"""Levels whose names are checked against reference data (``ChildrenFetched.adcodes``)."""
+
+STATUS_UNVERIFIED_PATHS = 20
+"""At most this many unverified paths are listed in a status dict (the tree lists them all)."""
 
 
 def step_label(path: Path, level: str) -> str:
@@ -68,7 +75,10 @@ class TaskState:
     """Everything replay knows about one task: its status and its tree."""
 
     __slots__ = (
+        "adcodes",
+        "checked",
         "children",
+        "completion_tokens",
         "counts",
         "created_at",
         "current_step",
@@ -79,12 +89,15 @@ class TaskState:
         "interrupted",
         "pending",
         "progress",
+        "prompt_tokens",
         "retries",
         "started_at",
         "status",
         "target",
         "task_id",
         "task_type",
+        "unverified",
+        "verified",
         "weights",
     )
 
@@ -108,6 +121,12 @@ class TaskState:
         self.failed: dict[Path, str] = {}
         self.done_weight = 0.0
         self.interrupted = False
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.checked: dict[str, int] = dict.fromkeys(CHECKED_LEVELS, 0)
+        self.verified: dict[str, int] = dict.fromkeys(CHECKED_LEVELS, 0)
+        self.adcodes: dict[Path, str] = {}
+        self.unverified: dict[Path, None] = {}
 
     @property
     def root(self) -> Path:
@@ -128,7 +147,10 @@ class TaskState:
         return list(self.pending)
 
     def apply_children(self, event: ChildrenFetched) -> bool:
-        """Record a fetched list; a second list for the same path is ignored (idempotent)."""
+        """Record a fetched list; a second list for the same path is ignored (idempotent),
+        though the tokens it cost still count."""
+        self.prompt_tokens += event.prompt_tokens
+        self.completion_tokens += event.completion_tokens
         path = event.path
         if path in self.children:
             return False
@@ -139,6 +161,8 @@ class TaskState:
         self.pending.pop(path, None)
         self.children[path] = event.children
         self.counts[event.level] = self.counts.get(event.level, 0) + len(event.children)
+        if event.adcodes and len(event.adcodes) == len(event.children):
+            self._apply_check(path, event)
         if path == self.root and self.task_type == "province":
             self.counts["province"] += 1
         if len(path) < LEAF_DEPTH and event.children:
@@ -151,6 +175,30 @@ class TaskState:
             self.done_weight += weight
         self.current_step = step_label(path, event.level)
         return True
+
+    def _apply_check(self, path: Path, event: ChildrenFetched) -> None:
+        """Count the children matched against reference data; remember codes and misses."""
+        level = event.level
+        matched = 0
+        for name, code in zip(event.children, event.adcodes, strict=True):
+            if code:
+                self.adcodes[(*path, name)] = code
+                matched += 1
+            else:
+                self.unverified[(*path, name)] = None
+        self.checked[level] = self.checked.get(level, 0) + len(event.children)
+        self.verified[level] = self.verified.get(level, 0) + matched
+
+    def verification(self) -> dict[str, dict[str, Any]]:
+        """Per checked level (plural, as in ``counts``): names checked, names matched, and the
+        share matched (None when nothing was checked)."""
+        out: dict[str, dict[str, Any]] = {}
+        for level, key in zip(CHECKED_LEVELS, ("provinces", "cities", "districts"), strict=True):
+            checked = self.checked.get(level, 0)
+            verified = self.verified.get(level, 0)
+            share = round(verified / checked, 4) if checked else None
+            out[key] = {"checked": checked, "verified": verified, "share": share}
+        return out
 
     def mark_failed(self, path: Path, error: str) -> None:
         """A node failed for good: its weight counts as resolved, its path is listed."""
@@ -196,6 +244,13 @@ class TaskState:
             "interrupted": self.interrupted,
             "failed_paths": [list(p) for p in self.failed],
             "pending_nodes": len(self.pending),
+            "tokens": {
+                "prompt": self.prompt_tokens,
+                "completion": self.completion_tokens,
+                "total": self.prompt_tokens + self.completion_tokens,
+            },
+            "verified": self.verification(),
+            "unverified_paths": [list(p) for p in islice(self.unverified, STATUS_UNVERIFIED_PATHS)],
         }
 
     def to_state(self) -> dict[str, Any]:
@@ -213,6 +268,10 @@ class TaskState:
         self.weights = {tuple(k): v for k, v in self.weights.items()}
         self.pending = {tuple(k): None for k in self.pending}
         self.failed = {tuple(k): v for k, v in self.failed.items()}
+        self.checked = dict(self.checked)
+        self.verified = dict(self.verified)
+        self.adcodes = {tuple(k): v for k, v in self.adcodes.items()}
+        self.unverified = {tuple(k): None for k in self.unverified}
         return self
 
 
@@ -306,6 +365,7 @@ class Projection:
             "children": nest(state.children, state.root),
             "frontier": [list(p) for p in state.pending],
             "failed": {" / ".join(p): e for p, e in state.failed.items()},
+            "unverified": [list(p) for p in state.unverified],
         }
 
     def to_state(self) -> dict[str, Any]:

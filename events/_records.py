@@ -64,12 +64,27 @@ class TaskStarted(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ChildrenFetched(Event):
-    """The data event: the list fetched for the node at ``path`` (``()`` is the country)."""
+    """The data event: the list fetched for the node at ``path`` (``()`` is the country).
+
+    ``adcodes`` holds, for each child, its GB/T 2260 code when the reference data knows it and
+    ``""`` when it does not (the child is unverified); it is empty when the children were not
+    checked (hospitals, or events written before the check existed). ``prompt_tokens`` and
+    ``completion_tokens`` are what the LLM call cost, as the backend reported (0: not reported).
+    """
 
     TYPE: ClassVar[str] = "ChildrenFetched"
+    VERSION: ClassVar[int] = 2
     level: str
     path: Path
     children: tuple[str, ...]
+    adcodes: tuple[str, ...] = ()
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+def children_fetched_v1_to_v2(fields: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 had no reference check and no token counts: they read as unchecked and 0."""
+    return {**fields, "adcodes": (), "prompt_tokens": 0, "completion_tokens": 0}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

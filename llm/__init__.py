@@ -1,4 +1,5 @@
-"""The outside world: the LLMService protocol, its errors, and the offline simulated backend.
+"""The outside world: the LLMService protocol, its errors, the offline simulated backend, the
+OpenAI-compatible HTTP backend with its provider presets, and the check of names against GB/T 2260.
 
 ``llm`` depends on nothing else of the project; the actors depend on it. The system calls
 ``LLMService.fetch_children(path)`` and gets a validated list of names or an ``LLMError``.
@@ -15,14 +16,23 @@ from ._errors import (
     RetryableLLMError,
 )
 from ._names import INSTRUCTION_MARKERS, MAX_NAME_LENGTH, validate_names
+from ._openai import API_KEY_ENV, MAX_RETRY_AFTER, OpenAICompatibleLLMService
+from ._providers import PROVIDERS, Provider, get_provider
 from ._service import LEVELS, LLMService, Place, child_level
 from ._simulated import FAILURE_KINDS, SimulatedLLMService, synthetic_hospitals
+from ._usage import Names, Usage, usage_of
+from ._verify import CHECKED_LEVELS, UNVERIFIED, check_names
 
 __all__ = [
+    "API_KEY_ENV",
+    "CHECKED_LEVELS",
     "FAILURE_KINDS",
     "INSTRUCTION_MARKERS",
     "LEVELS",
     "MAX_NAME_LENGTH",
+    "MAX_RETRY_AFTER",
+    "PROVIDERS",
+    "UNVERIFIED",
     "Divisions",
     "LLMError",
     "LLMMalformedOutput",
@@ -30,11 +40,18 @@ __all__ = [
     "LLMServerError",
     "LLMService",
     "LLMTimeout",
+    "Names",
+    "OpenAICompatibleLLMService",
     "PermanentLLMError",
     "Place",
+    "Provider",
     "RetryableLLMError",
     "SimulatedLLMService",
+    "Usage",
+    "check_names",
     "child_level",
+    "get_provider",
     "synthetic_hospitals",
+    "usage_of",
     "validate_names",
 ]

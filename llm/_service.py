@@ -17,6 +17,7 @@ from typing import Final, Self
 
 from ._divisions import Divisions
 from ._names import validate_names
+from ._usage import Names, usage_of
 
 __all__ = ["LEVELS", "LLMService", "Place", "child_level"]
 
@@ -138,7 +139,8 @@ class LLMService:
 
         Dispatches on the path's length to the matching ``get_*`` method, passing a ``Place``;
         the answer goes through ``validate_names``, so a malformed one raises
-        ``LLMMalformedOutput`` whatever the backend.
+        ``LLMMalformedOutput`` whatever the backend. The result is a ``Names`` list carrying the
+        token usage the backend reported with its answer (zero if it reported none).
         """
         key = tuple(path)
         child_level(key)  # rejects a path too deep before any call is made
@@ -148,7 +150,7 @@ class LLMService:
             place = Place(key[-1], key, Divisions.load().adcode(key))
             getters = (self.get_cities, self.get_districts, self.get_hospitals)
             raw = await getters[len(key) - 1](place)
-        return validate_names(raw, max_items=self.max_items)
+        return Names(validate_names(raw, max_items=self.max_items), usage_of(raw))
 
     async def aclose(self) -> None:
         """Release whatever the backend holds (connections...); a no-op by default."""

@@ -12,6 +12,11 @@ Example ``hospital-refresh.toml``::
     backoff_base = 1.0
     sim_latency_ms = [10, 50]
     sim_failure_rate = 0.0
+    # A real LLM (the API key is never a setting: it is read from $HOSPITAL_REFRESH_API_KEY or
+    # the provider's own variable, e.g. $DEEPSEEK_API_KEY):
+    llm = "openai"              # "simulated" (the default) or "openai" (chat completions)
+    llm_provider = "deepseek"   # a preset: deepseek qwen moonshot zhipu openai ollama vllm llamacpp
+    llm_model = "deepseek-chat" # overrides the preset's model; llm_base_url overrides its URL
 """
 
 from __future__ import annotations
@@ -27,7 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from actors import RetryPolicy, SystemConfig
-from llm import FAILURE_KINDS, SimulatedLLMService
+from llm import (
+    FAILURE_KINDS,
+    PROVIDERS,
+    LLMService,
+    OpenAICompatibleLLMService,
+    SimulatedLLMService,
+)
 from store import FSYNC_POLICIES
 
 from ._logging import LOG_FORMATS
@@ -35,6 +46,8 @@ from ._logging import LOG_FORMATS
 ENV_PREFIX = "HOSPITAL_REFRESH_"
 LOCAL_CONFIG = "hospital-refresh.toml"
 LOG_LEVELS: tuple[str, ...] = ("DEBUG", "INFO", "WARNING", "ERROR")
+LLM_BACKENDS: tuple[str, ...] = ("simulated", "openai")
+JSON_MODES: dict[str, bool | None] = {"auto": None, "on": True, "off": False}
 
 
 class ConfigError(ValueError):
@@ -72,6 +85,16 @@ class Settings:
     seed: int | None = None
     log_level: str = "INFO"
     log_format: str = "auto"
+    llm: str | None = None
+    """"simulated" or "openai"; None: "openai" if a provider or base URL is set, else simulated."""
+    llm_provider: str | None = None
+    llm_base_url: str | None = None
+    llm_model: str | None = None
+    llm_api_key_env: str | None = None
+    """Variable holding the API key instead of the provider's (never the key itself)."""
+    llm_timeout: float = 60.0
+    llm_json_mode: str = "auto"
+    """"on"/"off" forces ``response_format: json_object``; "auto" follows the provider."""
 
     def __post_init__(self) -> None:
         if self.fsync not in FSYNC_POLICIES:
@@ -83,6 +106,7 @@ class Settings:
         self._check_backoff()
         self._check_simulated()
         self._check_logging()
+        self._check_llm()
         try:
             self.system_config()
         except ValueError as exc:
@@ -145,6 +169,46 @@ class Settings:
             snapshot_every=self.snapshot_every,
             seed=self.seed,
         )
+
+    def _check_llm(self) -> None:
+        if self.llm not in (None, "", *LLM_BACKENDS):
+            raise ConfigError(f"llm {self.llm!r} is not one of {', '.join(LLM_BACKENDS)}")
+        if self.llm_provider and self.llm_provider.strip().lower() not in PROVIDERS:
+            raise ConfigError(
+                f"llm_provider {self.llm_provider!r} is not one of {', '.join(PROVIDERS)}"
+            )
+        if self.llm_json_mode not in JSON_MODES:
+            raise ConfigError(
+                f"llm_json_mode {self.llm_json_mode!r} is not one of {', '.join(JSON_MODES)}"
+            )
+        if not (self.llm_timeout > 0 and math.isfinite(self.llm_timeout)):
+            raise ConfigError(f"llm_timeout must be > 0 seconds, got {self.llm_timeout!r}")
+
+    @property
+    def llm_backend(self) -> str:
+        """The backend these settings pick: "simulated" or "openai"."""
+        if self.llm:
+            return self.llm
+        return "openai" if self.llm_provider or self.llm_base_url else "simulated"
+
+    def llm_service(self) -> LLMService:
+        """The LLM backend these settings describe; ConfigError if it cannot be made (no API
+        key in the environment, no model for a server that needs one named...)."""
+        if self.llm_backend == "simulated":
+            return self.simulated_service()
+        try:
+            service = OpenAICompatibleLLMService(
+                base_url=self.llm_base_url or None,
+                model=self.llm_model or None,
+                provider=self.llm_provider or None,
+                api_key_env=self.llm_api_key_env or None,
+                timeout=self.llm_timeout,
+                json_mode=JSON_MODES[self.llm_json_mode],
+            )
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        service.max_items = self.max_items
+        return service
 
     def simulated_service(self) -> SimulatedLLMService:
         """The simulated LLM backend these settings describe."""

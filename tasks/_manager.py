@@ -59,7 +59,9 @@ class TaskManager:
     """Creates, runs and reports refresh tasks; one manager per event log.
 
     ``log_path`` defaults to ``$HOSPITAL_REFRESH_LOG`` or
-    ``~/.local/share/hospital-refresh/events.hrlog``; ``llm_service`` to the simulated backend.
+    ``~/.local/share/hospital-refresh/events.hrlog``; ``llm_service`` to the backend the
+    settings name (the simulated one unless ``llm``/``llm_provider``/``llm_base_url`` say
+    otherwise, e.g. ``HOSPITAL_REFRESH_LLM_PROVIDER=deepseek``).
     Without ``settings``, the rest is read as the command line reads it (``tasks.load_settings``:
     the TOML file, then ``HOSPITAL_REFRESH_*`` variables such as
     ``HOSPITAL_REFRESH_SIM_LATENCY_MS=0-2``); the arguments given here win. Opening an existing
@@ -94,7 +96,7 @@ class TaskManager:
             fsync=fsync,
         )
         self.settings = settings
-        self.llm_service = llm_service or settings.simulated_service()
+        self.llm_service = llm_service or settings.llm_service()
         self._system = ActorSystem(settings.log_path, self.llm_service, settings.system_config())
         self._closed = False
         _open_managers.add(self)

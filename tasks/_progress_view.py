@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
@@ -25,11 +25,20 @@ EXIT_INTERRUPTED = 130
 
 def run_refresh(settings: Settings, province: str | None, *, plain: bool = False) -> int:
     """Run a full refresh (or ``province``) with ``settings``; the process exit code."""
+    return _main(
+        lambda use_bar: _run(settings, province, use_bar),
+        plain,
+        "interrupted: the task was cancelled and the log is consistent",
+    )
+
+
+def _main(job: Callable[[bool], Coroutine[Any, Any, int]], plain: bool, on_interrupt: str) -> int:
+    """Run ``job(use_bar)`` on a fresh event loop; Ctrl-C prints ``on_interrupt``, exits 130."""
     use_bar = not plain and sys.stderr.isatty()
     try:
-        return asyncio.run(_run(settings, province, use_bar))
+        return asyncio.run(job(use_bar))
     except KeyboardInterrupt:
-        print("interrupted: the task was cancelled and the log is consistent", file=sys.stderr)
+        print(on_interrupt, file=sys.stderr)
         return EXIT_INTERRUPTED
 
 
@@ -59,12 +68,11 @@ def resume_refresh(settings: Settings, task_id: str | None, *, plain: bool = Fal
 
     Exit 0 when every resumed task SUCCEEDED, 1 otherwise (or when nothing could be resumed).
     """
-    use_bar = not plain and sys.stderr.isatty()
-    try:
-        return asyncio.run(_resume(settings, task_id, use_bar))
-    except KeyboardInterrupt:
-        print("interrupted: the log is consistent; resume again to carry on", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    return _main(
+        lambda use_bar: _resume(settings, task_id, use_bar),
+        plain,
+        "interrupted: the log is consistent; resume again to carry on",
+    )
 
 
 async def _resume(settings: Settings, task_id: str | None, use_bar: bool) -> int:
@@ -137,6 +145,18 @@ def _print_summary(
         f"districts {counts['districts']}, hospitals {counts['hospitals']}"
     )
     print(f"  LLM calls {calls} ({calls / wall_s:.0f}/s), retries {status['retries']}")
+    tokens = status.get("tokens") or {}
+    if tokens.get("total"):
+        print(
+            f"  tokens {tokens['total']} "
+            f"(prompt {tokens['prompt']}, completion {tokens['completion']})"
+        )
+    checked = {k: v for k, v in (status.get("verified") or {}).items() if v["checked"]}
+    if checked:
+        shares = ", ".join(f"{k} {v['verified']}/{v['checked']}" for k, v in checked.items())
+        print(f"  verified against GB/T 2260: {shares}")
+        for path in status.get("unverified_paths", []):
+            print(f"    unverified: {' / '.join(path)}")
     if status["error"]:
         print(f"  error: {status['error']}")
     failed = status["failed_paths"]

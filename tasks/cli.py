@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from llm import PROVIDERS
 from store import (
     AuditReport,
     EventStore,
@@ -21,7 +22,14 @@ from store import (
     repair_log,
 )
 
-from ._config import ConfigError, Settings, default_log_path, load_settings, parse_latency
+from ._config import (
+    LLM_BACKENDS,
+    ConfigError,
+    Settings,
+    default_log_path,
+    load_settings,
+    parse_latency,
+)
 from ._export import to_csv, to_nested
 from ._logging import LOG_FORMATS, configure_logging
 from ._progress_view import resume_refresh, run_refresh
@@ -120,6 +128,10 @@ def _settings(args: argparse.Namespace) -> Settings:
         "sim_latency_ms": getattr(args, "sim_latency", None),
         "sim_failure_rate": getattr(args, "sim_failure_rate", None),
         "seed": getattr(args, "seed", None),
+        "llm": getattr(args, "llm", None),
+        "llm_provider": getattr(args, "provider", None),
+        "llm_base_url": getattr(args, "base_url", None),
+        "llm_model": getattr(args, "model", None),
     }
     return load_settings(getattr(args, "config", None), flags)
 
@@ -175,7 +187,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         _print_json(status)
     else:
         for key, value in status.items():
-            print(f"{key + ':':<16}{_short(value) if value is not None else '-'}")
+            if key == "verified":  # per level: names matched / checked against GB/T 2260
+                value = ", ".join(
+                    f"{level} {v['verified']}/{v['checked']}"
+                    for level, v in value.items()
+                    if v["checked"]
+                )
+            print(f"{key + ':':<18}{_short(value) if value not in (None, '') else '-'}")
     return EXIT_OK
 
 
@@ -197,6 +215,32 @@ def cmd_export(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(text)
     return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve the HTTP API and the dashboard with uvicorn until Ctrl-C or SIGTERM."""
+    import os
+
+    from ._http import TOKEN_ENV, create_app, serve
+    from ._manager import TaskManager
+
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not os.environ.get(TOKEN_ENV):
+        print(
+            f"warning: serving on {args.host} with no ${TOKEN_ENV}: anyone who can reach "
+            "this address can create and cancel tasks",
+            file=sys.stderr,
+        )
+    # Open the log here, so that a locked or damaged log is reported like the other commands do;
+    # the app owns the manager from here on and closes it (flush, stop the actors) at shutdown.
+    manager = TaskManager(settings=_settings(args))
+    try:
+        app = create_app(manager, close_manager=True)
+        host = f"[{args.host}]" if ":" in args.host else args.host
+        print(f"serving {manager.log_path} on http://{host}:{args.port}/", file=sys.stderr)
+        started = serve(app, args.host, args.port, log_level=args.log_level.lower())
+    finally:
+        manager.close()
+    return EXIT_OK if started else EXIT_USAGE
 
 
 def _latency(text: str) -> tuple[float, float]:
@@ -222,6 +266,39 @@ def _positive_int(text: str) -> int:
     return int(text)
 
 
+def _add_llm_flags(p: argparse.ArgumentParser) -> None:
+    """--llm, --provider, --base-url, --model: which LLM answers (the key comes from the
+    environment only: $HOSPITAL_REFRESH_API_KEY or the provider's variable)."""
+    p.add_argument(
+        "--llm",
+        choices=LLM_BACKENDS,
+        help="simulated (default) or openai: any chat-completions server",
+    )
+    p.add_argument(
+        "--provider",
+        choices=tuple(PROVIDERS),
+        help="preset base URL, model and key variable (implies --llm openai)",
+    )
+    p.add_argument("--base-url", metavar="URL", help="chat-completions base URL, e.g. .../v1")
+    p.add_argument("--model", metavar="NAME", help="model name (overrides the preset's)")
+
+
+def _add_job_options(p: argparse.ArgumentParser, log_help: str) -> None:
+    """The options of the commands that run refreshes (``run`` and ``resume``)."""
+    p.add_argument("--log", help=log_help)
+    p.add_argument("--config", help="TOML settings file (default: ./hospital-refresh.toml)")
+    p.add_argument("--concurrency", type=_positive_int, help="LLM calls in flight (default 5)")
+    p.add_argument("--max-retries", type=int, help="retries per call (default 3)")
+    p.add_argument("--backoff-base", type=float, help="seconds before the first retry (1.0)")
+    p.add_argument(
+        "--sim-latency", type=_latency, metavar="MIN-MAX", help="simulated delay in ms (10-50)"
+    )
+    p.add_argument("--sim-failure-rate", type=_rate, metavar="F", help="0..1 (default 0)")
+    p.add_argument("--seed", type=int, help="seed of the simulated backend")
+    _add_llm_flags(p)
+    p.add_argument("--plain", action="store_true", help="plain progress lines, no bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     common = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
@@ -240,32 +317,14 @@ def build_parser() -> argparse.ArgumentParser:
     log_help = f"path of the event log (default: $HOSPITAL_REFRESH_LOG or {default_log_path()})"
 
     p = add("run", help="run a full refresh (or one province) to the end")
-    p.add_argument("--log", help=log_help)
     p.add_argument("--province", help="refresh only this province, e.g. 北京市 (default: all)")
-    p.add_argument("--config", help="TOML settings file (default: ./hospital-refresh.toml)")
-    p.add_argument("--concurrency", type=_positive_int, help="LLM calls in flight (default 5)")
-    p.add_argument("--max-retries", type=int, help="retries per call (default 3)")
-    p.add_argument("--backoff-base", type=float, help="seconds before the first retry (1.0)")
-    p.add_argument(
-        "--sim-latency", type=_latency, metavar="MIN-MAX", help="simulated delay in ms (10-50)"
-    )
-    p.add_argument("--sim-failure-rate", type=_rate, metavar="F", help="0..1 (default 0)")
-    p.add_argument("--seed", type=int, help="seed of the simulated backend")
-    p.add_argument("--plain", action="store_true", help="plain progress lines, no bar")
+    _add_job_options(p, log_help)
     p.set_defaults(func=cmd_run)
 
     p = add("resume", help="carry on an interrupted or failed task from the log")
     p.add_argument("task_id", nargs="?", help="the task to resume")
     p.add_argument("--all", action="store_true", help="resume every interrupted task")
-    p.add_argument("--log", help=log_help)
-    p.add_argument("--config", help="TOML settings file (default: ./hospital-refresh.toml)")
-    p.add_argument("--concurrency", type=_positive_int, help="LLM calls in flight (default 5)")
-    p.add_argument(
-        "--sim-latency", type=_latency, metavar="MIN-MAX", help="simulated delay in ms (10-50)"
-    )
-    p.add_argument("--sim-failure-rate", type=_rate, metavar="F", help="0..1 (default 0)")
-    p.add_argument("--seed", type=int, help="seed of the simulated backend")
-    p.add_argument("--plain", action="store_true", help="plain progress lines, no bar")
+    _add_job_options(p, log_help)
     p.set_defaults(func=cmd_resume)
 
     p = add("tasks", help="list the tasks in a log")
@@ -286,6 +345,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("csv", "json"), default="csv")
     p.add_argument("--output", help="write to this file instead of stdout")
     p.set_defaults(func=cmd_export)
+
+    p = add("serve", help="serve the HTTP API and the dashboard (http://127.0.0.1:8000/)")
+    p.add_argument("--log", help=log_help)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
+    p.add_argument("--config", help="TOML settings file (default: ./hospital-refresh.toml)")
+    p.add_argument("--concurrency", type=_positive_int, help="LLM calls in flight (default 5)")
+    p.add_argument(
+        "--sim-latency", type=_latency, metavar="MIN-MAX", help="simulated delay in ms (10-50)"
+    )
+    p.add_argument("--seed", type=int, help="seed of the simulated backend")
+    _add_llm_flags(p)
+    p.set_defaults(func=cmd_serve)
 
     p = add("audit", help="verify a log without modifying it")
     p.add_argument("--log", required=True, help="path of the event log")

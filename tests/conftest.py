@@ -224,3 +224,136 @@ def simulated_tree(province: str) -> dict[tuple[str, ...], tuple[str, ...]]:
             path = (province, city, district)
             tree[path] = tuple(synthetic_hospitals(path))
     return tree
+
+
+# --- a chat-completions server on loopback (tests/chat_server.py) ------------------------------
+
+
+@pytest.fixture
+def chat_server() -> Iterator[Any]:
+    """A started ``ChatServer`` on 127.0.0.1 (set its ``script``); closed at teardown."""
+    from chat_server import ChatServer
+
+    server = ChatServer()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+# --- the HTTP service: create_app under uvicorn on a free loopback port -------------------------
+
+
+class LiveServer:
+    """``create_app(...)`` served by uvicorn in a thread on 127.0.0.1 (a port the OS picked)."""
+
+    def __init__(self, app: Any, manager: TaskManager | None) -> None:
+        import socket
+
+        from tasks._http import make_server
+
+        self.app = app
+        self.manager = manager
+        # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP,
+        # and without it every keep-alive response waits out a 40 ms delayed ACK.
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        self._sock.bind(("127.0.0.1", 0))
+        host, port = self._sock.getsockname()
+        self.url = f"http://{host}:{port}"
+        self.server = make_server(app, host, port, access_log=False)
+        self._thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self._sock]}, name="uvicorn-test"
+        )
+        self._thread.start()
+        while not self.server.started:
+            if not self._thread.is_alive():
+                self._sock.close()
+                raise RuntimeError("the test server did not start (see the log above)")
+            self._thread.join(0.01)
+
+    def client(self, token: str | None = None, **kwargs: Any) -> Any:
+        """An ``httpx.Client`` on this server (close it: ``with server.client() as c``)."""
+        import httpx
+
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30, **kwargs)
+
+    @staticmethod
+    def iter_sse(response: Any) -> Iterator[tuple[str, Any]]:
+        """The Server-Sent Events of a streamed ``httpx`` response, as (event name, JSON data)."""
+        import json
+
+        name, data = "message", []
+        for line in response.iter_lines():
+            if line.startswith(":"):  # a comment: keep-alive
+                continue
+            if not line:
+                if data:
+                    yield name, json.loads("\n".join(data))
+                name, data = "message", []
+                continue
+            field, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if field == "event":
+                name = value
+            elif field == "data":
+                data.append(value)
+
+    def follow(self, client: Any, task_id: str) -> list[tuple[str, Any]]:
+        """Read ``GET /tasks/{task_id}/progress`` to its end; every event, in order."""
+        with client.stream("GET", f"/tasks/{task_id}/progress") as response:
+            assert response.status_code == 200, response.read()
+            assert response.headers["content-type"].startswith("text/event-stream")
+            return list(self.iter_sse(response))
+
+    def stop(self) -> None:
+        """Shut uvicorn down gracefully (the app's lifespan ends) and join its thread."""
+        if self._thread.is_alive():
+            self.server.should_exit = True
+            self._thread.join(30)
+            if self._thread.is_alive():
+                self.server.force_exit = True
+                self._thread.join(10)
+        self._sock.close()
+        assert not self._thread.is_alive(), "the test server did not stop"
+
+
+ServerFactory = Callable[..., LiveServer]
+
+
+@pytest.fixture
+def live_server(log_path: Path) -> Iterator[ServerFactory]:
+    """``live_server(manager=None, *, app_owns=False, **create_app_kwargs)`` serves a new app.
+
+    By default the app gets a ``TaskManager`` on this test's log with the simulated backend at
+    0-2 ms, made and closed by the fixture. ``manager`` gives your own (the fixture leaves it to
+    you). ``app_owns=True`` lets the app make and close its manager from settings (this log,
+    0-2 ms). Every server still running is stopped at teardown.
+    """
+    from llm import SimulatedLLMService
+    from tasks import Settings, TaskManager, create_app
+
+    servers: list[LiveServer] = []
+    made: list[TaskManager] = []
+
+    def start(
+        manager: TaskManager | None = None, *, app_owns: bool = False, **kwargs: Any
+    ) -> LiveServer:
+        if app_owns:
+            kwargs.setdefault(
+                "settings", Settings(log_path=str(log_path), sim_latency_ms=(0.0, 2.0))
+            )
+        elif manager is None:
+            manager = TaskManager(log_path, SimulatedLLMService(latency_ms=(0, 2)))
+            made.append(manager)
+        server = LiveServer(create_app(manager, **kwargs), manager)
+        servers.append(server)
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in servers:
+            server.stop()
+        for manager in made:
+            manager.close()
