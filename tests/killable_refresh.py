@@ -31,7 +31,7 @@ from pathlib import Path
 
 from events import RUNNING, SUCCEEDED, Projection, TaskResumed
 from llm import LLMService, SimulatedLLMService
-from store import EventStore, LogFormatError, iter_valid, snapshot_path
+from store import CORRUPT, EventStore, LogFormatError, iter_valid, snapshot_path
 from tasks import Settings, cli
 
 Node = tuple[str, ...]
@@ -92,9 +92,11 @@ class LogState:
 def read_log(path: Path) -> LogState:
     """The chain's task (the one that was started) as the log's valid prefix holds it."""
     try:
-        _, records, _ = iter_valid(str(path))
+        _, records, result = iter_valid(str(path))
     except (FileNotFoundError, LogFormatError):  # killed before the header was written
         return LogState()
+    if result.fault == CORRUPT:  # a kill may tear the tail, never corrupt the middle
+        raise RuntimeError(f"{path} is corrupt: {result.detail}")
     projection = Projection().apply_all(records)
     started = [s for s in projection.tasks.values() if s.status != "PENDING"]
     assert len(started) <= 1, f"more than one started task in {path}"

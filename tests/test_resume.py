@@ -167,11 +167,13 @@ def test_resume_with_nothing_left_to_fetch_just_finishes(
 def test_resume_interrupted_resumes_every_interrupted_task_only(
     log_path: Path, make_events: EventFactory, open_manager: ManagerFactory
 ) -> None:
-    """``resume_interrupted()`` resumes each interrupted task and leaves finished ones alone."""
+    """``resume_interrupted()`` resumes each interrupted task and leaves the others (SUCCEEDED,
+    FAILED) alone."""
     other = make_tree(["海南省"], cities=2, districts=2, hospitals=1)
     write_interrupted(log_path, make_events, TREE, fetched=3, task_id="a")
     with EventStore(log_path) as store:
         store.append(make_events("done", outcome="succeeded"))
+        store.append(make_events("broken", outcome="failed"))
         store.append([make_events.created("b", "province", "海南省"), make_events.started("b")])
         store.append([make_events.fetched("b", ("海南省",), other[("海南省",)])])
     service = FakeLLMService({**TREE, **other})
@@ -187,7 +189,12 @@ def test_resume_interrupted_resumes_every_interrupted_task_only(
     assert sorted(asyncio.run(body())) == ["a", "b"]
     assert manager.interrupted_tasks() == []
     statuses = {s["task_id"]: s["status"] for s in manager.list_tasks()}
-    assert statuses == {"a": "SUCCEEDED", "done": "SUCCEEDED", "b": "SUCCEEDED"}
+    assert statuses == {
+        "a": "SUCCEEDED",
+        "done": "SUCCEEDED",
+        "broken": "FAILED",
+        "b": "SUCCEEDED",
+    }
     manager.close()
     assert tree_of(log_path, "a") == TREE
     assert tree_of(log_path, "b") == other
