@@ -15,7 +15,17 @@ from typing import Any
 import pykka
 import structlog
 
-from events import RUNNING, Event, ProgressChanged, TaskResumed, TasksCleanedUp, TaskStarted
+from events import (
+    RUNNING,
+    ChildrenFetched,
+    Event,
+    FetchRetried,
+    NodeFailed,
+    ProgressChanged,
+    TaskResumed,
+    TasksCleanedUp,
+    TaskStarted,
+)
 from store import EventStore
 
 from ._messages import Append, AttachSupervisor, Query, Snapshot, TaskDrained
@@ -23,6 +33,9 @@ from ._tell import safe_tell
 from ._view import StatusView
 
 log = structlog.get_logger("hospital_refresh.journal")
+
+DATA_EVENTS = (ChildrenFetched, FetchRetried, NodeFailed)
+"""Events that change a task's data but not its lifecycle or progress."""
 
 
 class Journal(pykka.ThreadingActor):
@@ -36,6 +49,7 @@ class Journal(pykka.ThreadingActor):
         self._view = view
         self._supervisor: pykka.ActorRef[Any] | None = None
         self._drained: set[str] = set()
+        self._dirty: dict[str, None] = {}
 
     def on_start(self) -> None:
         projection = self._store.projection
@@ -68,7 +82,7 @@ class Journal(pykka.ThreadingActor):
 
     def _on_append(self, message: Append) -> None:
         try:
-            recorded = self._append(message.events)
+            recorded = self._append(message.events, urgent=message.reply is not None)
         except Exception as exc:
             log.error("journal append failed", error=str(exc), exc_info=exc)
             if message.reply is not None:
@@ -77,12 +91,14 @@ class Journal(pykka.ThreadingActor):
         if message.reply is not None:
             message.reply.set_result(recorded)
 
-    def _append(self, events: Iterable[Event]) -> list[Any]:
+    def _append(self, events: Iterable[Event], urgent: bool = True) -> list[Any]:
         store = self._store
         recorded = store.append(events)
-        touched: dict[str, None] = {}
+        touched = self._dirty
         for rec in recorded:
             event = rec.event
+            if not isinstance(event, DATA_EVENTS):
+                urgent = True
             if isinstance(event, TasksCleanedUp):
                 touched.update(dict.fromkeys(event.task_ids))
             elif event.task_id:
@@ -108,14 +124,27 @@ class Journal(pykka.ThreadingActor):
                 drained.append(TaskDrained(task_id, tuple(state.failed.items())))
         if derived:
             recorded += store.append(derived)
-        self._view.publish(
-            {tid: (s.to_status() if (s := tasks.get(tid)) else None) for tid in touched}
-        )
+        if urgent or derived or drained or self.actor_inbox.empty():
+            self._publish()
         for notice in drained:
             safe_tell(self._supervisor, notice)
         return recorded
 
+    def _publish(self) -> None:
+        """Publish the statuses of the tasks changed since the last publication.
+
+        Under load, data events (a fetched list, a retry) are folded in at once but published
+        with the next lifecycle or progress event, or as soon as the inbox is empty: rendering a
+        status per event would cost a sixth of the journal's time, and nobody reads that fast.
+        """
+        tasks = self._store.projection.tasks
+        self._view.publish(
+            {tid: (s.to_status() if (s := tasks.get(tid)) else None) for tid in self._dirty}
+        )
+        self._dirty.clear()
+
     def on_stop(self) -> None:
+        self._publish()
         self._store.close()
 
     def on_failure(self, *exc_info: Any) -> None:
