@@ -8,7 +8,7 @@ BENCH_STAMP := $(VENV)/.bench-stamp
 LOG ?= hospital-refresh.hrlog
 ARGS ?=
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint browser bench clean
 
 $(STAMP): setup.cfg pyproject.toml
 	python3 -m venv $(VENV)
@@ -27,13 +27,17 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: lint
+browser:
+	bash scripts/install-browser.sh
+
+test: lint browser
 	$(PY) -m pytest
 
 bench: $(BENCH_STAMP)
 	$(PY) bench/bench_log.py
 	$(PY) bench/bench_refresh.py
 	$(PY) bench/bench_resume.py
+	$(PY) bench/bench_http.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache .hypothesis

@@ -237,7 +237,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         app = create_app(manager, close_manager=True)
         host = f"[{args.host}]" if ":" in args.host else args.host
         print(f"serving {manager.log_path} on http://{host}:{args.port}/", file=sys.stderr)
-        started = serve(app, args.host, args.port, log_level=args.log_level.lower())
+        try:
+            started = serve(app, args.host, args.port, log_level=args.log_level.lower())
+        except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C once it has shut down cleanly
+            started = True
     finally:
         manager.close()
     return EXIT_OK if started else EXIT_USAGE

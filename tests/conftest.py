@@ -247,7 +247,7 @@ def chat_server() -> Iterator[Any]:
 class LiveServer:
     """``create_app(...)`` served by uvicorn in a thread on 127.0.0.1 (a port the OS picked)."""
 
-    def __init__(self, app: Any, manager: TaskManager | None) -> None:
+    def __init__(self, app: Any, manager: TaskManager | None, **server_options: Any) -> None:
         import socket
 
         from tasks._http import make_server
@@ -260,7 +260,7 @@ class LiveServer:
         self._sock.bind(("127.0.0.1", 0))
         host, port = self._sock.getsockname()
         self.url = f"http://{host}:{port}"
-        self.server = make_server(app, host, port, access_log=False)
+        self.server = make_server(app, host, port, **{"access_log": False, **server_options})
         self._thread = threading.Thread(
             target=self.server.run, kwargs={"sockets": [self._sock]}, name="uvicorn-test"
         )
@@ -323,12 +323,14 @@ ServerFactory = Callable[..., LiveServer]
 
 @pytest.fixture
 def live_server(log_path: Path) -> Iterator[ServerFactory]:
-    """``live_server(manager=None, *, app_owns=False, **create_app_kwargs)`` serves a new app.
+    """``live_server(manager=None, *, app_owns=False, server_options=None, **create_app_kwargs)``
+    serves a new app.
 
     By default the app gets a ``TaskManager`` on this test's log with the simulated backend at
     0-2 ms, made and closed by the fixture. ``manager`` gives your own (the fixture leaves it to
     you). ``app_owns=True`` lets the app make and close its manager from settings (this log,
-    0-2 ms). Every server still running is stopped at teardown.
+    0-2 ms). ``server_options`` go to ``uvicorn.Config``. Every server still running is stopped
+    at teardown.
     """
     from llm import SimulatedLLMService
     from tasks import Settings, TaskManager, create_app
@@ -337,7 +339,11 @@ def live_server(log_path: Path) -> Iterator[ServerFactory]:
     made: list[TaskManager] = []
 
     def start(
-        manager: TaskManager | None = None, *, app_owns: bool = False, **kwargs: Any
+        manager: TaskManager | None = None,
+        *,
+        app_owns: bool = False,
+        server_options: dict[str, Any] | None = None,
+        **kwargs: Any,
     ) -> LiveServer:
         if app_owns:
             kwargs.setdefault(
@@ -346,7 +352,7 @@ def live_server(log_path: Path) -> Iterator[ServerFactory]:
         elif manager is None:
             manager = TaskManager(log_path, SimulatedLLMService(latency_ms=(0, 2)))
             made.append(manager)
-        server = LiveServer(create_app(manager, **kwargs), manager)
+        server = LiveServer(create_app(manager, **kwargs), manager, **(server_options or {}))
         servers.append(server)
         return server
 
