@@ -49,7 +49,7 @@ import json
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Annotated, Any, Literal, TypeVar
 
 import uvicorn
@@ -491,7 +491,33 @@ def _status_or_404(manager: TaskManager, task_id: str) -> Status:
     return status
 
 
+async def _transition(
+    manager: TaskManager,
+    task_id: str,
+    act: Callable[[str], Awaitable[bool]],
+    refusal: Callable[[Status], str],
+) -> Status:
+    """Ask the manager to move a task on; 404 if unknown, 409 with ``refusal`` if it declines."""
+    _status_or_404(manager, task_id)
+    if not await _call(act(task_id)):
+        status = _status_or_404(manager, task_id)
+        raise HTTPException(409, f"task {task_id} {refusal(status)}")
+    return _status_or_404(manager, task_id)
+
+
+def _start_refusal(status: Status) -> str:
+    return f"is {status['status']}; only a PENDING task can be started"
+
+
+def _cancel_refusal(status: Status) -> str:
+    return f"is {status['status']}; only a PENDING or RUNNING task can be cancelled"
+
+
 def _resume_refusal(status: Status) -> str:
+    return f"cannot be resumed: {_resume_reason(status)}"
+
+
+def _resume_reason(status: Status) -> str:
     state = status["status"]
     if state == "RUNNING" and not status["interrupted"]:
         return "it is running in this process"
@@ -561,13 +587,7 @@ def _add_task_routes(app: FastAPI, service: _Service, secured: bool) -> None:
     )
     async def start_task(task_id: TaskId) -> Any:
         manager = service.get()
-        _status_or_404(manager, task_id)
-        if not await _call(manager.start_task(task_id)):
-            status = _status_or_404(manager, task_id)
-            raise HTTPException(
-                409, f"task {task_id} is {status['status']}; only a PENDING task can be started"
-            )
-        return _status_or_404(manager, task_id)
+        return await _transition(manager, task_id, manager.start_task, _start_refusal)
 
     @app.post(
         "/tasks/{task_id}/cancel",
@@ -579,15 +599,7 @@ def _add_task_routes(app: FastAPI, service: _Service, secured: bool) -> None:
     )
     async def cancel_task(task_id: TaskId) -> Any:
         manager = service.get()
-        _status_or_404(manager, task_id)
-        if not await _call(manager.cancel_task(task_id)):
-            status = _status_or_404(manager, task_id)
-            raise HTTPException(
-                409,
-                f"task {task_id} is {status['status']}; "
-                "only a PENDING or RUNNING task can be cancelled",
-            )
-        return _status_or_404(manager, task_id)
+        return await _transition(manager, task_id, manager.cancel_task, _cancel_refusal)
 
     @app.post(
         "/tasks/{task_id}/resume",
@@ -599,11 +611,7 @@ def _add_task_routes(app: FastAPI, service: _Service, secured: bool) -> None:
     )
     async def resume_task(task_id: TaskId) -> Any:
         manager = service.get()
-        _status_or_404(manager, task_id)
-        if not await _call(manager.resume_task(task_id)):
-            status = _status_or_404(manager, task_id)
-            raise HTTPException(409, f"task {task_id} cannot be resumed: {_resume_refusal(status)}")
-        return _status_or_404(manager, task_id)
+        return await _transition(manager, task_id, manager.resume_task, _resume_refusal)
 
     @app.get(
         "/tasks/{task_id}/tree",
