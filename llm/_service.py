@@ -106,6 +106,12 @@ class LLMService:
     max_items: int = 500
     """Most distinct names one answer may hold; more is rejected as malformed."""
 
+    eager_start: bool = False
+    """With ``any_event_loop``: True if a call's first step may run before an asyncio Task
+    exists for it (the coroutine calls nothing that needs ``asyncio.current_task()``, such as
+    ``asyncio.timeout()``, before its first ``await`` suspends). A call that then completes
+    without suspending skips the event loop altogether, as Python 3.12's eager tasks do."""
+
     any_event_loop: bool = False
     """True if calls may run on several event loops at once: the service holds nothing bound
     to a loop (no ``httpx.AsyncClient`` made in ``__init__``, say). The fetch pool then runs

@@ -107,6 +107,7 @@ class SimulatedLLMService(LLMService):
     """
 
     any_event_loop = True
+    eager_start = True
 
     def __init__(
         self,

@@ -299,3 +299,36 @@ def test_injected_failures_of_every_kind_are_retried_to_success(
     assert status["counts"]["provinces"] == 1
     assert status["counts"]["cities"] == 1
     assert status["counts"]["districts"] == 16
+
+
+class _Suspending(SimulatedLLMService):
+    """The simulated backend: with latency its calls suspend in a sleep, without they do not."""
+
+
+@pytest.mark.parametrize(
+    ("any_loop", "eager", "latency"),
+    [(False, False, (0, 2)), (True, False, (0, 2)), (True, True, (0, 2)), (True, True, (0, 0))],
+)
+def test_every_way_of_running_a_call_gives_the_same_tree(
+    open_manager: ManagerFactory, any_loop: bool, eager: bool, latency: tuple[float, float]
+) -> None:
+    """Shared loop, own loop, and own loop with an eager first step all fetch the same tree,
+    whether a call suspends or completes at once."""
+    service = _Suspending(latency_ms=latency, seed=3)
+    service.any_event_loop = any_loop
+    service.eager_start = eager
+    manager = open_manager(service)
+
+    async def run() -> tuple[dict[str, Any], dict[str, Any] | None]:
+        task_id = await manager.create_refresh_task("province", "北京市")
+        await manager.start_task(task_id)
+        return await manager.wait_for_task(task_id, timeout=30), await manager.get_task_tree(
+            task_id
+        )
+
+    status, tree = asyncio.run(run())
+    assert status["status"] == "SUCCEEDED"
+    assert tree is not None
+    districts = tree["children"]["北京市"]
+    assert len(districts) == 16
+    assert all(2 <= len(hospitals) <= 6 for hospitals in districts.values())

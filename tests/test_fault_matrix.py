@@ -179,14 +179,30 @@ class HangingService(LLMService):
         raise AssertionError("unreachable")
 
 
+class HangingOnAnyLoop(HangingService):
+    """The same, run on each fetch actor's own loop."""
+
+    any_event_loop = True
+
+
+class HangingEagerly(HangingOnAnyLoop):
+    """The same, with each call's first step taken before its task exists."""
+
+    eager_start = True
+
+
+@pytest.mark.parametrize("service", [HangingService, HangingOnAnyLoop, HangingEagerly])
 def test_a_backend_that_hangs_times_out_and_lists_the_nodes_failed(
-    log_path: Path, open_manager: ManagerFactory, caplog: pytest.LogCaptureFixture
+    log_path: Path,
+    open_manager: ManagerFactory,
+    caplog: pytest.LogCaptureFixture,
+    service: type[HangingService],
 ) -> None:
     """Calls that never answer are cut by ``call_timeout``, retried, then listed failed: the
-    task ends FAILED instead of hanging."""
+    task ends FAILED instead of hanging, whichever loop the calls run on."""
     caplog.set_level(logging.CRITICAL)
     manager = open_manager(
-        HangingService(), call_timeout=0.05, backoff_base=0.001, backoff_cap=0.001, max_retries=1
+        service(), call_timeout=0.05, backoff_base=0.001, backoff_cap=0.001, max_retries=1
     )
     status = asyncio.run(run_to_end(manager))
     manager.close()
