@@ -163,7 +163,7 @@ class TaskState:
         self.counts[event.level] = self.counts.get(event.level, 0) + len(event.children)
         if event.adcodes and len(event.adcodes) == len(event.children):
             self._apply_check(path, event)
-        if path == self.root and self.task_type == "province":
+        if self.task_type == "province" and path == self.root:
             self.counts["province"] += 1
         if len(path) < LEAF_DEPTH and event.children:
             share = weight / len(event.children)
