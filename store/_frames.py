@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 
 MAGIC = b"HRLOG\r\n\x1a"
@@ -117,7 +117,7 @@ def _valid_frame_after(buf: memoryview, offset: int, end: int) -> int | None:
 
 def scan(
     buf: memoryview, start: int, result: ScanResult, verified_until: int = 0
-) -> Iterator[tuple[int, memoryview]]:
+) -> Generator[tuple[int, memoryview], None, None]:
     """Yield ``(offset, payload)`` for every valid frame from ``start``; fill ``result``.
 
     Stops at the first bad frame and records whether it is a torn tail or corruption. Frames

@@ -19,7 +19,7 @@ import os
 import threading
 import uuid
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable
 from typing import Literal
 
 from events import DEFAULT_CODEC, Event, EventCodec, Recorded
@@ -213,7 +213,7 @@ class EventLog:
         self.last_frame_offset = recorded[-1].offset
         return recorded
 
-    def read(self, from_offset: int = HEADER_SIZE) -> Iterator[Recorded]:
+    def read(self, from_offset: int = HEADER_SIZE) -> Generator[Recorded, None, None]:
         """Stream the recorded events from ``from_offset`` (a frame boundary) to the end.
 
         Raises :class:`LogCorruptedError` after the last valid event if a bad frame is followed

@@ -50,6 +50,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from enum import Enum
 from typing import Annotated, Any, Literal, TypeVar
 
 import uvicorn
@@ -528,7 +529,7 @@ def _resume_reason(status: Status) -> str:
 
 def _add_task_routes(app: FastAPI, service: _Service, secured: bool) -> None:
     auth = [Security(_documents_auth)] if secured else []
-    tags = ["tasks"]
+    tags: list[str | Enum] = ["tasks"]
 
     @app.post(
         "/tasks",

@@ -26,7 +26,7 @@ class ProgressTracker:
         if not isinstance(total_steps, int) or total_steps < 1:
             raise ValueError(f"total_steps must be an integer >= 1, got {total_steps!r}")
         self.total_steps = total_steps
-        self.current_step = 0
+        self.current_step: float = 0
         self.step_name = ""
         self._callbacks: list[ProgressCallback] = []
 
