@@ -304,7 +304,7 @@ class FetchActor(pykka.ThreadingActor):
             try:
                 first = coro.send(None)
             except StopIteration as done:
-                return done.value  # type: ignore[no-any-return]
+                return done.value
             except BaseException:
                 coro.close()
                 raise
