@@ -291,8 +291,11 @@ class Projection:
 
     def apply_all(self, records: Iterable[Recorded]) -> Projection:
         """Fold many recorded events in, in order; returns self for chaining."""
+        apply_event = self.apply_event
         for recorded in records:
-            self.apply(recorded)
+            apply_event(recorded.event)
+            self.last_seq = recorded.seq
+            self.events_applied += 1
         return self
 
     def apply_event(self, event: Event) -> None:
