@@ -25,16 +25,19 @@ class WriterLock:
         """Take the lock, or raise :class:`LogLockedError` naming the holder's pid."""
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise LogLockedError(
-                f"{self.path[: -len('.lock')]} is already open for writing by pid {holder}; "
-                "stop that process first, or open the log read-only"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                raise LogLockedError(
+                    f"{self.path[: -len('.lock')]} is already open for writing by pid {holder}; "
+                    "stop that process first, or open the log read-only"
+                ) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except BaseException:
+            os.close(fd)  # closing drops the flock too
+            raise
         self._fd = fd
 
     def release(self) -> None:

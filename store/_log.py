@@ -28,6 +28,7 @@ from ._frames import (
     CORRUPT,
     FRAME_HEAD,
     HEADER_SIZE,
+    MAX_PAYLOAD,
     TORN_TAIL,
     ScanResult,
     frame_crc,
@@ -53,6 +54,14 @@ class LogCorruptedError(Exception):
             f"{path}: {detail}. Nothing was changed; "
             f"run `hospital-refresh repair --log {path}` to copy the valid prefix to a new file"
         )
+
+
+def _too_large(event: Event, length: int) -> ValueError:
+    # Refused before anything is written: a frame this long would read back as a torn tail.
+    return ValueError(
+        f"{type(event).__name__} encodes to {length} bytes; one event may hold at most "
+        f"{MAX_PAYLOAD} bytes. Nothing was written"
+    )
 
 
 def _map(fd: int) -> mmap.mmap | None:
@@ -166,6 +175,8 @@ class EventLog:
         seq = self.next_seq
         payload = self.codec.encode(event, seq)
         length = len(payload)
+        if length > MAX_PAYLOAD:
+            raise _too_large(event, length)
         offset = self._end
         self._write(FRAME_HEAD.pack(length, frame_crc(length, payload)) + payload)
         self.next_seq = seq + 1
@@ -201,6 +212,8 @@ class EventLog:
         for event in events:
             payload = encode(event, seq)
             length = len(payload)
+            if length > MAX_PAYLOAD:
+                raise _too_large(event, length)
             parts.append(pack_head(length, frame_crc(length, payload)))
             parts.append(payload)
             recorded.append(Recorded(seq, offset, event))
@@ -268,10 +281,12 @@ class EventLog:
         self._stop.set()
         if self._syncer is not None:
             self._syncer.join()
-        if not self.readonly:
-            os.fdatasync(self._fd)
-        self._closed = True
-        self._release()
+        try:
+            if not self.readonly:
+                os.fdatasync(self._fd)
+        finally:
+            self._closed = True
+            self._release()
 
     def _release(self) -> None:
         if self._lock is not None:

@@ -80,6 +80,9 @@ def read_snapshot(path: str, log_id: bytes, log_fd: int, log_size: int) -> Snaps
             data = f.read()
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        log.warning("ignoring snapshot %s: unreadable (%s); replaying the whole log", path, exc)
+        return None
     reason = _check(data)
     if reason is None:
         try:

@@ -61,7 +61,7 @@ class EventStore:
             try:
                 projection = Projection.from_state(snap.state)
                 start = snap.offset
-            except (ValueError, KeyError, TypeError) as exc:
+            except Exception as exc:  # any shape a damaged or foreign snapshot may take
                 log.warning("ignoring snapshot %s: %s", self.snapshot_path, exc)
         used = projection is not None
         projection = projection or Projection()
@@ -79,8 +79,17 @@ class EventStore:
             apply(rec)
         self._since_snapshot += len(recorded)
         if self.snapshot_every is not None and self._since_snapshot >= self.snapshot_every:
-            self.snapshot()
+            self._try_snapshot()
         return recorded
+
+    def _try_snapshot(self) -> None:
+        # A snapshot is a cache: failing to write one (disk full, a read-only directory) must
+        # not fail the append that the log already holds. The next one is tried later.
+        try:
+            self.snapshot()
+        except OSError as exc:
+            self._since_snapshot = 0
+            log.warning("could not write snapshot %s: %s", self.snapshot_path, exc)
 
     def snapshot(self) -> None:
         """Write a snapshot of the projection as of the last appended event."""
@@ -102,10 +111,7 @@ class EventStore:
     def close(self) -> None:
         """Snapshot if anything is new, then close the log. Idempotent."""
         if not self.log.readonly and self._since_snapshot and self.log.size > HEADER_SIZE:
-            try:
-                self.snapshot()
-            except OSError as exc:
-                log.warning("could not write snapshot %s: %s", self.snapshot_path, exc)
+            self._try_snapshot()
         self.log.close()
 
     def __enter__(self) -> EventStore:

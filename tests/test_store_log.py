@@ -142,6 +142,44 @@ def test_closed_log_refuses_appends_and_close_is_idempotent(log_path: Path, make
         log.append(make_events.started("t1"))
 
 
+def test_an_event_too_large_for_a_frame_is_refused_before_anything_is_written(
+    log_path: Path, make_events
+) -> None:
+    """An event over the 16 MiB frame limit is a ValueError; the log and sequence stay as they were.
+
+    Written, such a frame would read back as a torn tail and be cut off with what follows it.
+    """
+    huge = make_events.fetched("t1", ("广东省",), ("x" * (17 * 1024 * 1024),))
+    with EventLog(log_path) as log:
+        log.append(make_events.created("t1"))
+        size, next_seq = log.size, log.next_seq
+        with pytest.raises(ValueError, match=r"at most 16777216 bytes\. Nothing was written"):
+            log.append(huge)
+        with pytest.raises(ValueError, match="ChildrenFetched encodes to"):
+            log.append_many([make_events.started("t1"), huge])
+        assert (log.size, log.next_seq) == (size, next_seq)
+        log.append(make_events.started("t1"))
+    assert [type(r.event).__name__ for r in read_all(log_path)] == ["TaskCreated", "TaskStarted"]
+
+
+def test_close_releases_the_lock_even_when_the_final_sync_fails(
+    log_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failing fdatasync at close is raised, but the file and the writer lock are let go."""
+    log = EventLog(log_path, fsync="never")
+
+    def broken_sync(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(store._log.os, "fdatasync", broken_sync)
+    with pytest.raises(OSError, match="Input/output error"):
+        log.close()
+    monkeypatch.undo()
+    log.close()
+    with EventLog(log_path) as again:
+        assert again.next_seq == 1
+
+
 def test_readonly_open_of_a_missing_log_fails(log_path: Path) -> None:
     """A read-only open never creates the file."""
     with pytest.raises(FileNotFoundError):

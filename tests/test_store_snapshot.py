@@ -230,6 +230,47 @@ def test_after_an_ignored_snapshot_the_next_one_is_good(
         assert store.projection.to_state() == full_replay(log_path).to_state()
 
 
+def test_a_snapshot_that_cannot_be_written_never_fails_an_append(
+    log_path: Path, make_events, caplog: pytest.LogCaptureFixture
+) -> None:
+    """When the snapshot file cannot be replaced, appends and close go on with a warning.
+
+    The events are in the log all the same, and the next open, unable to read the snapshot
+    either, replays the whole log.
+    """
+    caplog.set_level(logging.WARNING, logger=STORE_LOGGER)
+    blocker = Path(snapshot_path(str(log_path)))
+    blocker.mkdir(parents=True)
+    (blocker / "keep").write_text("a directory where the snapshot should go")
+    events = three_tasks(make_events)
+    with EventStore(log_path, snapshot_every=2) as store:
+        for event in events:
+            store.append([event])
+        assert store.projection.to_state() == full_replay(log_path).to_state()
+    assert "could not write snapshot" in caplog.text
+    caplog.clear()
+    with EventStore(log_path, snapshot_every=None) as store:
+        assert not store.snapshot_used
+        assert store.events_replayed == len(events)
+    assert "unreadable" in caplog.text
+
+
+def test_a_snapshot_with_a_state_of_the_wrong_shape_is_ignored(
+    log_path: Path, make_events, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A well-formed snapshot whose state is not a projection's is ignored, never a crash."""
+    caplog.set_level(logging.WARNING, logger=STORE_LOGGER)
+    _, snap = snapshot_then(log_path, make_events)
+    with EventLog(log_path, readonly=True) as log:
+        old = read_snapshot(str(snap), log.log_id, log.fileno, log.size)
+    assert old is not None
+    for state in ({**old.state, "tasks": [1, 2, 3]}, {**old.state, "tasks": {"t1": "x"}}):
+        write_snapshot(
+            str(snap), Snapshot(old.log_id, old.offset, old.anchor_offset, old.anchor_crc, state)
+        )
+        assert_ignored(log_path, caplog, "ignoring snapshot")
+
+
 def test_readonly_store_never_writes_a_snapshot(log_path: Path, make_events) -> None:
     """A read-only store restores state but refuses to snapshot, and close writes none."""
     with EventStore(log_path, snapshot_every=None) as store:
