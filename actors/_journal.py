@@ -28,7 +28,7 @@ from events import (
 )
 from store import EventStore
 
-from ._messages import Append, AttachSupervisor, Query, Snapshot, TaskDrained
+from ._messages import Append, AttachSupervisor, Query, TaskDrained
 from ._tell import safe_tell
 from ._view import StatusView
 
@@ -66,16 +66,6 @@ class Journal(pykka.ThreadingActor):
                 message.reply.set_result(message.fn(self._store.projection))
             except Exception as exc:
                 message.reply.set_exception(exc)
-        elif isinstance(message, Snapshot):
-            try:
-                self._store.snapshot()
-            except Exception as exc:
-                log.error("snapshot failed", error=str(exc), exc_info=exc)
-                if message.reply is not None:
-                    message.reply.set_exception(exc)
-            else:
-                if message.reply is not None:
-                    message.reply.set_result(True)
         elif isinstance(message, AttachSupervisor):
             self._supervisor = message.supervisor
         return None
@@ -93,7 +83,7 @@ class Journal(pykka.ThreadingActor):
 
     def _append(self, events: Iterable[Event], urgent: bool = True) -> list[Any]:
         store = self._store
-        recorded = store.append(events)
+        recorded = store.append(self._without_late_answers(events))
         touched = self._dirty
         for rec in recorded:
             event = rec.event
@@ -124,11 +114,36 @@ class Journal(pykka.ThreadingActor):
                 drained.append(TaskDrained(task_id, tuple(state.failed.items())))
         if derived:
             recorded += store.append(derived)
-        if urgent or derived or drained or self.actor_inbox.empty():
-            self._publish()
-        for notice in drained:
-            safe_tell(self._supervisor, notice)
+        try:
+            if urgent or derived or drained or self.actor_inbox.empty():
+                self._publish()
+        finally:
+            for notice in drained:
+                safe_tell(self._supervisor, notice)
         return recorded
+
+    def _without_late_answers(self, events: Iterable[Event]) -> Iterable[Event]:
+        """Leave out data events of tasks that have ended.
+
+        A call's answer can be on its way through a level actor while the task is cancelled:
+        journaled, it would change a CANCELLED task's tree after the fact. Replay ignores such
+        events too, for logs written before this rule.
+        """
+        tasks = self._store.projection.tasks
+        kept: list[Event] = []
+        for event in events:
+            if isinstance(event, DATA_EVENTS):
+                state = tasks.get(event.task_id)
+                if state is not None and state.finished:
+                    log.debug(
+                        "answer after the task ended: not journaled",
+                        task_id=event.task_id,
+                        status=state.status,
+                        event=type(event).__name__,
+                    )
+                    continue
+            kept.append(event)
+        return kept
 
     def _publish(self) -> None:
         """Publish the statuses of the tasks changed since the last publication.

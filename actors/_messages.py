@@ -45,13 +45,6 @@ class Query:
     reply: Future[Any]
 
 
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """Write a snapshot of the projections now."""
-
-    reply: Future[Any] | None = None
-
-
 # --- supervisor --------------------------------------------------------------------------------
 
 
@@ -93,6 +86,15 @@ class ResumeFrontier:
 class CleanupTasks:
     hours: float
     reply: Future[int]
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimSettled:
+    """The journal answered for a lifecycle event: the view shows it now (or it was refused),
+    so the supervisor's claim of ``status`` for the task can go."""
+
+    task_id: str
+    status: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,13 +179,6 @@ class WorkDone:
 @dataclass(frozen=True, slots=True)
 class DropTask:
     """Forget the queued calls of a task and make no further call for it."""
-
-    task_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class AllowTask:
-    """Lift a drop: the task is being resumed."""
 
     task_id: str
 

@@ -34,7 +34,6 @@ from llm import LLMService, LLMTimeout, PermanentLLMError, usage_of
 
 from ._loop import LoopThread
 from ._messages import (
-    AllowTask,
     Append,
     DropTask,
     Fetched,
@@ -113,8 +112,6 @@ class Dispatcher(pykka.ThreadingActor):
             self._queues.pop(message.task_id, None)
             if message.task_id in self._turns:
                 self._turns.remove(message.task_id)
-        elif isinstance(message, AllowTask):
-            self._dropped.discard(message.task_id)
         elif isinstance(message, PoolStats):
             message.reply.set_result(self._stats())
         self._dispatch()
@@ -133,14 +130,18 @@ class Dispatcher(pykka.ThreadingActor):
             "calls_by_task": dict(self._calls_by_task),
         }
 
-    def _enqueue(self, job: FetchJob) -> None:
+    def _enqueue(self, job: FetchJob, front: bool = False) -> None:
         if job.task_id in self._dropped:
             return
         queues = self._queues.get(job.task_id)
         if queues is None:
             queues = self._queues[job.task_id] = [deque() for _ in range(DEPTHS)]
             self._turns.append(job.task_id)
-        queues[min(len(job.path), DEPTHS - 1)].append(job)
+        queue = queues[min(len(job.path), DEPTHS - 1)]
+        if front:
+            queue.appendleft(job)
+        else:
+            queue.append(job)
 
     def _next_job(self) -> FetchJob | None:
         while self._turns:
@@ -163,12 +164,14 @@ class Dispatcher(pykka.ThreadingActor):
             if job is None:
                 return
             worker = self._idle.pop()
+            if not safe_tell(worker, Work(job)):
+                # That worker has stopped: the job waits, first in its queue, for another.
+                self._enqueue(job, front=True)
+                continue
             self._in_flight += 1
             self._peak_in_flight = max(self._peak_in_flight, self._in_flight)
             self._calls += 1
             self._calls_by_task[job.task_id] = self._calls_by_task.get(job.task_id, 0) + 1
-            if not safe_tell(worker, Work(job)):
-                self._in_flight -= 1
 
     def _on_done(self, done: WorkDone) -> None:
         job = done.job

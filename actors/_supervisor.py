@@ -20,10 +20,12 @@ import pykka
 import structlog
 
 from events import (
+    CANCELLED,
     FAILED,
     FINISHED,
     PENDING,
     RUNNING,
+    SUCCEEDED,
     TASK_TYPES,
     Event,
     Path,
@@ -40,9 +42,9 @@ from llm import Divisions
 
 from ._levels import journal_outcome
 from ._messages import (
-    AllowTask,
     Append,
     CancelTask,
+    ClaimSettled,
     CleanupTasks,
     CreateTask,
     DropTask,
@@ -131,7 +133,13 @@ class Supervisor(pykka.ThreadingActor):
             self._guard(message.reply, lambda: self._resume(message))
         elif isinstance(message, ResumeFrontier):
             self._guard(message.reply, lambda: self._on_frontier(message))
+        elif isinstance(message, ClaimSettled):
+            self._settle(message)
         return None
+
+    def _settle(self, message: ClaimSettled) -> None:
+        if self._claimed.get(message.task_id) == message.status:
+            del self._claimed[message.task_id]
 
     @staticmethod
     def _guard(reply: Future[Any], fn: Callable[[], None]) -> None:
@@ -141,23 +149,40 @@ class Supervisor(pykka.ThreadingActor):
             if not reply.done():
                 reply.set_exception(exc)
 
-    def _journal_then(self, events: tuple[Event, ...], reply: Future[T], value: T) -> None:
-        """Journal ``events``; answer ``reply`` with ``value`` once the log holds them."""
+    def _journal_then(
+        self, events: tuple[Event, ...], reply: Future[T], value: T, claim: str | None = None
+    ) -> None:
+        """Journal ``events``; answer ``reply`` with ``value`` once the log holds them.
+
+        With ``claim``, the task (of the first event) is claimed as that status until the journal
+        answers: by then the view shows the event, or the journal refused it.
+        """
+        task_id = events[0].task_id if claim is not None else ""
+        if claim is not None:
+            self._claimed[task_id] = claim
         written: Future[Any] = Future()
+        me = self.actor_ref
 
         def answer(done: Future[Any]) -> None:
+            if claim is not None:
+                safe_tell(me, ClaimSettled(task_id, claim))
             exc = done.exception()
-            if exc is not None:
-                reply.set_exception(exc)
-            else:
+            if exc is None:
                 reply.set_result(value)
+            else:
+                reply.set_exception(exc)
 
         written.add_done_callback(answer)
         if not safe_tell(self._journal, Append(events, written)):
             reply.set_exception(RuntimeError("the actor system has stopped"))
 
     def _status(self, task_id: str) -> str | None:
-        """The task's status, counting what this actor decided but the view may not show yet."""
+        """The task's status, counting what this actor decided but the view may not show yet.
+
+        A claim bridges the time between journaling a lifecycle event and the view showing it,
+        so that two decisions in a row (a cancel right after the task drained, say) never both
+        act.
+        """
         claimed = self._claimed.get(task_id)
         if claimed is not None:
             return claimed
@@ -180,22 +205,20 @@ class Supervisor(pykka.ThreadingActor):
             log.info("task not started: not pending", task_id=task_id, status=self._status(task_id))
             msg.reply.set_result(False)
             return
-        self._claimed[task_id] = RUNNING
         started = TaskStarted(task_id=task_id)
         if current["task_type"] == "province":
             province = current["target"]
             if not self._known(province):
                 error = unknown_province_error(province, self._divisions)
                 log.error("task failed", task_id=task_id, error=error)
-                self._claimed[task_id] = FAILED
                 failed = TaskFailed(task_id=task_id, error=error)
-                self._journal_then((started, failed), msg.reply, True)
+                self._journal_then((started, failed), msg.reply, True, claim=FAILED)
                 return
-            self._journal_then((started,), msg.reply, True)
+            self._journal_then((started,), msg.reply, True, claim=RUNNING)
             log.info("task started", task_id=task_id, task_type="province", target=province)
             safe_tell(self._provinces, Expand(task_id, ((province,),)))
             return
-        self._journal_then((started,), msg.reply, True)
+        self._journal_then((started,), msg.reply, True, claim=RUNNING)
         log.info("task started", task_id=task_id, task_type="full")
         safe_tell(self._dispatcher, Submit((FetchJob(task_id, (), self.actor_ref),)))
 
@@ -209,10 +232,9 @@ class Supervisor(pykka.ThreadingActor):
         task_id = message.task_id
         if self._status(task_id) != RUNNING:
             return
-        self._claimed.pop(task_id, None)
         if not message.failed:
             log.info("task succeeded", task_id=task_id)
-            self._journal_then((TaskSucceeded(task_id=task_id),), Future(), None)
+            self._journal_then((TaskSucceeded(task_id=task_id),), Future(), None, SUCCEEDED)
             return
         paths: tuple[Path, ...] = tuple(path for path, _ in message.failed)
         first_path, first_error = message.failed[0]
@@ -222,17 +244,16 @@ class Supervisor(pykka.ThreadingActor):
         )
         log.error("task failed", task_id=task_id, error=error, failed=len(paths))
         failed = TaskFailed(task_id=task_id, error=error, failed_paths=paths)
-        self._journal_then((failed,), Future(), None)
+        self._journal_then((failed,), Future(), None, FAILED)
 
     def _cancel(self, msg: CancelTask) -> None:
         task_id = msg.task_id
         if self._status(task_id) not in (PENDING, RUNNING):
             msg.reply.set_result(False)
             return
-        self._claimed[task_id] = "CANCELLED"
         safe_tell(self._dispatcher, DropTask(task_id))
         log.info("task cancelled", task_id=task_id)
-        self._journal_then((TaskCancelled(task_id=task_id),), msg.reply, True)
+        self._journal_then((TaskCancelled(task_id=task_id),), msg.reply, True, CANCELLED)
 
     def _resume(self, msg: ResumeTask) -> None:
         task_id = msg.task_id
@@ -252,11 +273,11 @@ class Supervisor(pykka.ThreadingActor):
             msg.reply.set_result(False)
             return
         assert current is not None
-        self._claimed[task_id] = RUNNING
         retry = tuple(tuple(p) for p in current["failed_paths"])
         log.info("task resumed", task_id=task_id, was=status, retrying=len(retry))
-        safe_tell(self._dispatcher, AllowTask(task_id))
-        safe_tell(self._journal, Append((TaskResumed(task_id=task_id, retry_paths=retry),)))
+        resumed = TaskResumed(task_id=task_id, retry_paths=retry)
+        self._journal_then((resumed,), Future(), None, claim=RUNNING)
+        # The journal answers in order: the frontier it computes already counts the resume.
         frontier: Future[list[Path]] = Future()
         me = self.actor_ref
 
@@ -264,8 +285,8 @@ class Supervisor(pykka.ThreadingActor):
             exc = done.exception()
             if exc is not None:
                 msg.reply.set_exception(exc)
-            else:
-                safe_tell(me, ResumeFrontier(task_id, tuple(done.result()), msg.reply))
+            elif not safe_tell(me, ResumeFrontier(task_id, tuple(done.result()), msg.reply)):
+                msg.reply.set_exception(RuntimeError("the actor system has stopped"))
 
         frontier.add_done_callback(hand_over)
         query = Query(lambda projection: projection.tasks[task_id].frontier(), frontier)

@@ -11,11 +11,12 @@ import contextlib
 import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import pykka
+import structlog
 
 from llm import Divisions, LLMService
 from store import EventStore, FsyncPolicy
@@ -32,6 +33,8 @@ from ._tell import safe_tell
 from ._view import StatusView
 
 T = TypeVar("T")
+
+log = structlog.get_logger("hospital_refresh.system")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +74,7 @@ class ActorSystem:
         self.store = EventStore(log_path, fsync=config.fsync, snapshot_every=config.snapshot_every)
         self._stopped = False
         self._stop_lock = threading.Lock()
+        self._unanswered: set[Future[Any]] = set()
         self.loop = LoopThread()
         self.own_loops = OwnLoops()
         self.refs: list[pykka.ActorRef[Any]] = []
@@ -116,9 +120,18 @@ class ActorSystem:
     def request(self, ref: pykka.ActorRef[Any], make: Callable[[Future[T]], Any]) -> Future[T]:
         """Send ``make(reply)`` to ``ref``; the returned future gets the reply."""
         reply: Future[T] = Future()
-        if self._stopped or not safe_tell(ref, make(reply)):
-            reply.set_exception(RuntimeError("the actor system has stopped"))
+        with self._stop_lock:
+            stopped = self._stopped
+            if not stopped:
+                self._unanswered.add(reply)
+        if stopped or not safe_tell(ref, make(reply)):
+            _fail(reply)
+        reply.add_done_callback(self._answered)
         return reply
+
+    def _answered(self, reply: Future[Any]) -> None:
+        with self._stop_lock:
+            self._unanswered.discard(reply)
 
     def query(self, fn: Callable[[Any], T]) -> Future[T]:
         """Run ``fn(projection)`` on the journal's thread (consistent with every append)."""
@@ -137,13 +150,37 @@ class ActorSystem:
         by_role = list(self.refs)
         journal = by_role.pop(0) if by_role else None
         for ref in by_role[:1]:  # the dispatcher: no new calls from here on
-            ref.stop(block=True, timeout=timeout)
+            _stop(ref, timeout)
         self.own_loops.cancel_all()
         self.loop.stop(self.service.aclose, timeout=timeout)
         for ref in by_role[1:]:
-            with contextlib.suppress(pykka.Timeout):
-                ref.stop(block=True, timeout=timeout)
-        if journal is not None:
-            journal.stop(block=True, timeout=timeout)
-        else:
+            _stop(ref, timeout)
+        if journal is None:
             self.store.close()
+        elif not _stop(journal, timeout):
+            # The stop message waits behind every queued append; the journal closes the log
+            # when it gets there. Closing it from here would race those appends.
+            log.error(
+                "journal still writing after the stop timeout; it closes the log when done",
+                timeout_s=timeout,
+            )
+        # A request that reached an actor as it stopped is never answered: say so instead.
+        with self._stop_lock:
+            unanswered = list(self._unanswered)
+        for reply in unanswered:
+            _fail(reply)
+
+
+def _stop(ref: pykka.ActorRef[Any], timeout: float) -> bool:
+    """Stop one actor; False if it did not stop within ``timeout`` seconds."""
+    try:
+        ref.stop(block=True, timeout=timeout)
+    except pykka.Timeout:
+        log.warning("actor did not stop in time", actor=str(ref), timeout_s=timeout)
+        return False
+    return True
+
+
+def _fail(reply: Future[Any]) -> None:
+    with contextlib.suppress(InvalidStateError):
+        reply.set_exception(RuntimeError("the actor system has stopped"))

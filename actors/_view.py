@@ -11,6 +11,10 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import structlog
+
+log = structlog.get_logger("hospital_refresh.view")
+
 Status = dict[str, Any]
 Listener = Callable[[Status], None]
 
@@ -52,10 +56,21 @@ class StatusView:
             if status is None:
                 continue
             for listener in listeners:
-                listener(status)
+                try:
+                    listener(status)
+                except Exception as exc:
+                    # A listener is the user's code: its bug must not stop the journal.
+                    log.error(
+                        "status listener failed",
+                        listener=getattr(listener, "__qualname__", repr(listener)),
+                        task_id=status.get("task_id"),
+                        exc_info=exc,
+                    )
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         """Call ``listener(status)`` on every change (on the journal's thread: keep it quick).
+
+        An exception from the listener is logged at ERROR and otherwise ignored.
 
         Returns the function that unsubscribes it.
         """

@@ -302,7 +302,8 @@ class Projection:
         """Fold one bare event in (no sequence bookkeeping)."""
         if isinstance(event, ChildrenFetched):
             state = self.tasks.get(event.task_id)
-            if state is not None:
+            # finished_at is None: the task has not ended (cheaper than .finished, same meaning).
+            if state is not None and state.finished_at is None:
                 state.apply_children(event)
             return
         if isinstance(event, TaskCreated):
@@ -317,10 +318,15 @@ class Projection:
         state = self.tasks.get(event.task_id)
         if state is None:
             return
+        if state.finished:
+            # An ended task changes no more, whatever a racing writer appended after its end;
+            # only a FAILED task may be resumed.
+            if isinstance(event, TaskResumed) and state.status == FAILED:
+                state.resume()
+            return
         if isinstance(event, ProgressChanged):
-            if not state.finished:
-                state.progress = max(state.progress, min(99, event.progress))
-                state.current_step = event.current_step
+            state.progress = max(state.progress, min(99, event.progress))
+            state.current_step = event.current_step
         elif isinstance(event, FetchRetried):
             state.retries += 1
         elif isinstance(event, NodeFailed):
