@@ -7,6 +7,7 @@ This layer knows ``store``, ``events`` and the ``llm`` protocol.
 from ._journal import Journal
 from ._levels import CityActor, DistrictActor, LevelActor, ProvinceActor
 from ._loop import LoopThread, bridge
+from ._messages import CancelTask, CleanupTasks, CreateTask, ResumeTask, StartTask
 from ._pool import Dispatcher, FetchActor, describe, is_permanent
 from ._retry import RetryPolicy
 from ._supervisor import Supervisor, unknown_province_error, validate_request
@@ -16,7 +17,10 @@ from ._view import StatusView
 
 __all__ = [
     "ActorSystem",
+    "CancelTask",
     "CityActor",
+    "CleanupTasks",
+    "CreateTask",
     "Dispatcher",
     "DistrictActor",
     "FetchActor",
@@ -24,7 +28,9 @@ __all__ = [
     "LevelActor",
     "LoopThread",
     "ProvinceActor",
+    "ResumeTask",
     "RetryPolicy",
+    "StartTask",
     "StatusView",
     "Supervisor",
     "SystemConfig",

@@ -29,6 +29,7 @@ from events import (
 from store import EventStore
 
 from ._messages import Append, AttachSupervisor, Query, TaskDrained
+from ._reply import answer, fail
 from ._tell import safe_tell
 from ._view import StatusView
 
@@ -63,9 +64,9 @@ class Journal(pykka.ThreadingActor):
             self._on_append(message)
         elif isinstance(message, Query):
             try:
-                message.reply.set_result(message.fn(self._store.projection))
+                answer(message.reply, message.fn(self._store.projection))
             except Exception as exc:
-                message.reply.set_exception(exc)
+                fail(message.reply, exc)
         elif isinstance(message, AttachSupervisor):
             self._supervisor = message.supervisor
         return None
@@ -76,10 +77,10 @@ class Journal(pykka.ThreadingActor):
         except Exception as exc:
             log.error("journal append failed", error=str(exc), exc_info=exc)
             if message.reply is not None:
-                message.reply.set_exception(exc)
+                fail(message.reply, exc)
             return
         if message.reply is not None:
-            message.reply.set_result(recorded)
+            answer(message.reply, recorded)
 
     def _append(self, events: Iterable[Event], urgent: bool = True) -> list[Any]:
         store = self._store
@@ -139,7 +140,7 @@ class Journal(pykka.ThreadingActor):
                         "answer after the task ended: not journaled",
                         task_id=event.task_id,
                         status=state.status,
-                        event=type(event).__name__,
+                        kind=type(event).__name__,
                     )
                     continue
             kept.append(event)

@@ -46,6 +46,7 @@ from ._messages import (
     WorkDone,
     WorkerReady,
 )
+from ._reply import answer
 from ._retry import RetryPolicy
 from ._tell import safe_tell
 
@@ -113,7 +114,7 @@ class Dispatcher(pykka.ThreadingActor):
             if message.task_id in self._turns:
                 self._turns.remove(message.task_id)
         elif isinstance(message, PoolStats):
-            message.reply.set_result(self._stats())
+            answer(message.reply, self._stats())
         self._dispatch()
         return None
 

@@ -59,6 +59,7 @@ from ._messages import (
     Submit,
     TaskDrained,
 )
+from ._reply import answer, fail, stopped
 from ._tell import safe_tell
 from ._view import StatusView
 
@@ -147,7 +148,7 @@ class Supervisor(pykka.ThreadingActor):
             fn()
         except Exception as exc:
             if not reply.done():
-                reply.set_exception(exc)
+                fail(reply, exc)
 
     def _journal_then(
         self, events: tuple[Event, ...], reply: Future[T], value: T, claim: str | None = None
@@ -163,18 +164,18 @@ class Supervisor(pykka.ThreadingActor):
         written: Future[Any] = Future()
         me = self.actor_ref
 
-        def answer(done: Future[Any]) -> None:
+        def on_written(done: Future[Any]) -> None:
             if claim is not None:
                 safe_tell(me, ClaimSettled(task_id, claim))
             exc = done.exception()
             if exc is None:
-                reply.set_result(value)
+                answer(reply, value)
             else:
-                reply.set_exception(exc)
+                fail(reply, exc)
 
-        written.add_done_callback(answer)
+        written.add_done_callback(on_written)
         if not safe_tell(self._journal, Append(events, written)):
-            reply.set_exception(RuntimeError("the actor system has stopped"))
+            stopped(reply)
 
     def _status(self, task_id: str) -> str | None:
         """The task's status, counting what this actor decided but the view may not show yet.
@@ -203,7 +204,7 @@ class Supervisor(pykka.ThreadingActor):
         current = self._view.peek(task_id)
         if current is None or self._status(task_id) != PENDING:
             log.info("task not started: not pending", task_id=task_id, status=self._status(task_id))
-            msg.reply.set_result(False)
+            answer(msg.reply, False)
             return
         started = TaskStarted(task_id=task_id)
         if current["task_type"] == "province":
@@ -249,7 +250,7 @@ class Supervisor(pykka.ThreadingActor):
     def _cancel(self, msg: CancelTask) -> None:
         task_id = msg.task_id
         if self._status(task_id) not in (PENDING, RUNNING):
-            msg.reply.set_result(False)
+            answer(msg.reply, False)
             return
         safe_tell(self._dispatcher, DropTask(task_id))
         log.info("task cancelled", task_id=task_id)
@@ -270,7 +271,7 @@ class Supervisor(pykka.ThreadingActor):
             reason = f"its target {current['target']!r} is not a known province"
         if reason is not None:
             log.info("task not resumed", task_id=task_id, reason=reason)
-            msg.reply.set_result(False)
+            answer(msg.reply, False)
             return
         assert current is not None
         retry = tuple(tuple(p) for p in current["failed_paths"])
@@ -284,14 +285,14 @@ class Supervisor(pykka.ThreadingActor):
         def hand_over(done: Future[list[Path]]) -> None:
             exc = done.exception()
             if exc is not None:
-                msg.reply.set_exception(exc)
+                fail(msg.reply, exc)
             elif not safe_tell(me, ResumeFrontier(task_id, tuple(done.result()), msg.reply)):
-                msg.reply.set_exception(RuntimeError("the actor system has stopped"))
+                stopped(msg.reply)
 
         frontier.add_done_callback(hand_over)
         query = Query(lambda projection: projection.tasks[task_id].frontier(), frontier)
         if not safe_tell(self._journal, query):
-            msg.reply.set_exception(RuntimeError("the actor system has stopped"))
+            stopped(msg.reply)
 
     def _known(self, province: str) -> bool:
         return province in self._divisions.provinces()
@@ -307,7 +308,7 @@ class Supervisor(pykka.ThreadingActor):
             else:
                 safe_tell(self._levels[depth - 1], Expand(msg.task_id, tuple(paths)))
         log.info("frontier handed over", task_id=msg.task_id, nodes=len(msg.paths))
-        msg.reply.set_result(True)
+        answer(msg.reply, True)
 
     def _cleanup(self, msg: CleanupTasks) -> None:
         cutoff = now() - msg.hours * 3600
@@ -319,7 +320,7 @@ class Supervisor(pykka.ThreadingActor):
             and datetime.fromisoformat(s["finished_at"]).timestamp() < cutoff
         )
         if not old:
-            msg.reply.set_result(0)
+            answer(msg.reply, 0)
             return
         for task_id in old:
             self._claimed.pop(task_id, None)

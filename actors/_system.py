@@ -7,11 +7,10 @@ the size of the tree.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -27,6 +26,7 @@ from ._logging import ensure_structlog
 from ._loop import LoopThread
 from ._messages import AttachSupervisor, PoolStats, Query
 from ._pool import Dispatcher, FetchActor, OwnLoops
+from ._reply import stopped
 from ._retry import RetryPolicy
 from ._supervisor import Supervisor
 from ._tell import safe_tell
@@ -121,11 +121,11 @@ class ActorSystem:
         """Send ``make(reply)`` to ``ref``; the returned future gets the reply."""
         reply: Future[T] = Future()
         with self._stop_lock:
-            stopped = self._stopped
-            if not stopped:
+            is_stopped = self._stopped
+            if not is_stopped:
                 self._unanswered.add(reply)
-        if stopped or not safe_tell(ref, make(reply)):
-            _fail(reply)
+        if is_stopped or not safe_tell(ref, make(reply)):
+            stopped(reply)
         reply.add_done_callback(self._answered)
         return reply
 
@@ -168,7 +168,7 @@ class ActorSystem:
         with self._stop_lock:
             unanswered = list(self._unanswered)
         for reply in unanswered:
-            _fail(reply)
+            stopped(reply)
 
 
 def _stop(ref: pykka.ActorRef[Any], timeout: float) -> bool:
@@ -179,8 +179,3 @@ def _stop(ref: pykka.ActorRef[Any], timeout: float) -> bool:
         log.warning("actor did not stop in time", actor=str(ref), timeout_s=timeout)
         return False
     return True
-
-
-def _fail(reply: Future[Any]) -> None:
-    with contextlib.suppress(InvalidStateError):
-        reply.set_exception(RuntimeError("the actor system has stopped"))

@@ -33,8 +33,15 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-from actors import ActorSystem, bridge
-from actors._messages import CancelTask, CleanupTasks, CreateTask, ResumeTask, StartTask
+from actors import (
+    ActorSystem,
+    CancelTask,
+    CleanupTasks,
+    CreateTask,
+    ResumeTask,
+    StartTask,
+    bridge,
+)
 from events import FINISHED, STATUSES
 from llm import LLMService
 

@@ -276,6 +276,45 @@ def test_resume_puts_failed_nodes_back_on_the_frontier(make_events: EventFactory
     assert state.computed_progress() == 50
 
 
+@pytest.mark.parametrize("outcome", ["succeeded", "failed", "cancelled"])
+def test_an_ended_task_changes_no_more(make_events: EventFactory, outcome: str) -> None:
+    """After its end, whatever a racing writer appended for a task (a late list, a retry, a
+    failed node, progress, another end, a start) leaves its status and tree as they were."""
+    f = make_events
+    events = make_events("t1", outcome=outcome)
+    ended = fold(events)
+    late = [
+        f.fetched("t1", ("广东省", "深圳市"), ("南山区", "福田区")),
+        f.retried("t1", ("广东省", "珠海市")),
+        f.node_failed("t1", ("广东省", "广州市")),
+        f.progress("t1", 99, "late"),
+        f.started("t1"),
+        f.cancelled("t1"),
+        f.succeeded("t1"),
+        f.failed("t1", "late"),
+    ]
+    after = fold(events + late)
+    assert after.status("t1") == ended.status("t1")
+    assert after.tree("t1") == ended.tree("t1")
+
+
+@pytest.mark.parametrize(
+    ("outcome", "resumed"), [("failed", True), ("succeeded", False), ("cancelled", False)]
+)
+def test_only_a_failed_task_is_resumed_by_task_resumed(
+    make_events: EventFactory, outcome: str, resumed: bool
+) -> None:
+    """TaskResumed makes a FAILED task RUNNING again; a SUCCEEDED or CANCELLED one stays ended."""
+    f = make_events
+    events = make_events("t1", outcome=outcome)
+    before = fold(events).status("t1")
+    assert before is not None
+    projection = fold([*events, TaskResumed(task_id="t1", retry_paths=(), at=f.tick())])
+    after = projection.status("t1")
+    assert after is not None
+    assert after["status"] == (RUNNING if resumed else before["status"])
+
+
 def test_cleanup_removes_the_named_tasks_only(make_events: EventFactory) -> None:
     """TasksCleanedUp drops the named tasks; others stay; later events of a dropped task do not
     resurrect it."""
