@@ -29,7 +29,7 @@ from typing import Any
 import pykka
 import structlog
 
-from events import FetchRetried
+from events import LEVELS, FetchRetried
 from llm import LLMService, LLMTimeout, PermanentLLMError, usage_of
 
 from ._loop import LoopThread
@@ -52,7 +52,7 @@ from ._tell import safe_tell
 
 log = structlog.get_logger("hospital_refresh.pool")
 
-DEPTHS = 4
+DEPTHS = len(LEVELS)
 
 
 def describe(exc: BaseException) -> str:

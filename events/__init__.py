@@ -6,6 +6,7 @@ This layer imports nothing else of hospital-refresh.
 from ._codec import DEFAULT_CODEC, CodecError, EventCodec, UnknownEventType, Upcaster
 from ._projections import (
     CANCELLED,
+    CHECKED_LEVELS,
     FAILED,
     FINISHED,
     LEAF_DEPTH,
@@ -45,6 +46,7 @@ from ._records import (
 
 __all__ = [
     "CANCELLED",
+    "CHECKED_LEVELS",
     "DEFAULT_CODEC",
     "EVENT_TYPES",
     "FAILED",

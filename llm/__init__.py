@@ -1,7 +1,7 @@
 """The outside world: the LLMService protocol, its errors, the offline simulated backend, the
 OpenAI-compatible HTTP backend with its provider presets, and the check of names against GB/T 2260.
 
-``llm`` depends on nothing else of the project; the actors depend on it. The system calls
+``llm`` takes only the level names from ``events``; the actors depend on it. The system calls
 ``LLMService.fetch_children(path)`` and gets a validated list of names or an ``LLMError``.
 """
 

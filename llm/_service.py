@@ -13,15 +13,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Final, Self
+from typing import Self
+
+from events import LEVELS
 
 from ._divisions import Divisions
 from ._names import validate_names
 from ._usage import Names, usage_of
 
 __all__ = ["LEVELS", "LLMService", "Place", "child_level"]
-
-LEVELS: Final = ("province", "city", "district", "hospital")
 
 
 def child_level(path: Sequence[str]) -> str:

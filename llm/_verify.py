@@ -21,15 +21,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from events import CHECKED_LEVELS
+
 from ._divisions import Divisions
 
 __all__ = ["CHECKED_LEVELS", "UNVERIFIED", "check_names"]
 
 UNVERIFIED = ""
 """The adcode of a name the reference data does not know."""
-
-CHECKED_LEVELS = ("province", "city", "district")
-"""The levels the reference data covers; hospitals are not checked."""
 
 
 def check_names(
