@@ -75,13 +75,13 @@ class TaskState:
     """Everything replay knows about one task: its status and its tree."""
 
     __slots__ = (
+        "_step",
         "adcodes",
         "checked",
         "children",
         "completion_tokens",
         "counts",
         "created_at",
-        "current_step",
         "done_weight",
         "error",
         "failed",
@@ -91,6 +91,7 @@ class TaskState:
         "progress",
         "prompt_tokens",
         "retries",
+        "root",
         "started_at",
         "status",
         "target",
@@ -107,7 +108,7 @@ class TaskState:
         self.target = target
         self.status = PENDING
         self.progress = 0
-        self.current_step = "等待开始"
+        self._step: str | tuple[Path, str] = "等待开始"
         self.created_at = created_at
         self.started_at: float | None = None
         self.finished_at: float | None = None
@@ -115,7 +116,7 @@ class TaskState:
         self.counts: dict[str, int] = dict.fromkeys(LEVELS, 0)
         self.retries = 0
         self.children: dict[Path, tuple[str, ...]] = {}
-        root = root_path(task_type, target)
+        self.root = root = root_path(task_type, target)
         self.weights: dict[Path, float] = {root: 1.0}
         self.pending: dict[Path, None] = {root: None}
         self.failed: dict[Path, str] = {}
@@ -129,9 +130,14 @@ class TaskState:
         self.unverified: dict[Path, None] = {}
 
     @property
-    def root(self) -> Path:
-        """The path this task starts from."""
-        return root_path(self.task_type, self.target)
+    def current_step(self) -> str:
+        """Where the task is, in words: the last list fetched, or its lifecycle step."""
+        step = self._step
+        return step if isinstance(step, str) else step_label(*step)
+
+    @current_step.setter
+    def current_step(self, value: str) -> None:
+        self._step = value
 
     @property
     def finished(self) -> bool:
@@ -173,7 +179,8 @@ class TaskState:
                 self.pending[child] = None
         else:
             self.done_weight += weight
-        self.current_step = step_label(path, event.level)
+        # Labelled when read: replay folds thousands of lists for each status it renders.
+        self._step = (path, event.level)
         return True
 
     def _apply_check(self, path: Path, event: ChildrenFetched) -> None:
@@ -255,14 +262,15 @@ class TaskState:
 
     def to_state(self) -> dict[str, Any]:
         """A plain, msgpack-able copy of this state, for snapshots."""
-        return {name: getattr(self, name) for name in self.__slots__}
+        return {name: getattr(self, name) for name in STATE_FIELDS}
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> TaskState:
         """Rebuild a state saved by :meth:`to_state`."""
         self = cls.__new__(cls)
-        for name in cls.__slots__:
+        for name in STATE_FIELDS:
             setattr(self, name, state[name])
+        self.root = root_path(self.task_type, self.target)
         self.counts = dict(self.counts)
         self.children = {tuple(k): tuple(v) for k, v in self.children.items()}
         self.weights = {tuple(k): v for k, v in self.weights.items()}
@@ -273,6 +281,13 @@ class TaskState:
         self.adcodes = {tuple(k): v for k, v in self.adcodes.items()}
         self.unverified = {tuple(k): None for k in self.unverified}
         return self
+
+
+STATE_FIELDS: tuple[str, ...] = (
+    *(name for name in TaskState.__slots__ if name not in ("_step", "root")),
+    "current_step",
+)
+"""What a snapshot keeps of a task: the derived ``root`` is recomputed, the step is rendered."""
 
 
 class Projection:
