@@ -92,6 +92,7 @@ class Journal(pykka.ThreadingActor):
                 urgent = True
             if isinstance(event, TasksCleanedUp):
                 touched.update(dict.fromkeys(event.task_ids))
+                self._drained.difference_update(event.task_ids)
             elif event.task_id:
                 touched[event.task_id] = None
                 if isinstance(event, TaskStarted | TaskResumed):

@@ -184,6 +184,13 @@ class DropTask:
 
 
 @dataclass(frozen=True, slots=True)
+class ForgetTasks:
+    """These tasks were cleaned up: drop what the pool still keeps about them."""
+
+    task_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class PoolStats:
     reply: Future[dict[str, Any]]
 

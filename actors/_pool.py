@@ -39,6 +39,7 @@ from ._messages import (
     Fetched,
     FetchFailed,
     FetchJob,
+    ForgetTasks,
     PoolStats,
     Requeue,
     Submit,
@@ -113,6 +114,10 @@ class Dispatcher(pykka.ThreadingActor):
             self._queues.pop(message.task_id, None)
             if message.task_id in self._turns:
                 self._turns.remove(message.task_id)
+        elif isinstance(message, ForgetTasks):
+            for task_id in message.task_ids:
+                self._dropped.discard(task_id)
+                self._calls_by_task.pop(task_id, None)
         elif isinstance(message, PoolStats):
             answer(message.reply, self._stats())
         self._dispatch()

@@ -52,6 +52,7 @@ from ._messages import (
     Fetched,
     FetchFailed,
     FetchJob,
+    ForgetTasks,
     Query,
     ResumeFrontier,
     ResumeTask,
@@ -326,4 +327,5 @@ class Supervisor(pykka.ThreadingActor):
             self._claimed.pop(task_id, None)
         log.info("tasks cleaned up", count=len(old), older_than_hours=msg.hours)
         event = TasksCleanedUp(task_ids=old, older_than_hours=msg.hours)
+        safe_tell(self._dispatcher, ForgetTasks(old))  # before the reply can reach the caller
         self._journal_then((event,), msg.reply, len(old))

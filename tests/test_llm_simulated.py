@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import llm._simulated
 from llm import (
     FAILURE_KINDS,
     INSTRUCTION_MARKERS,
@@ -400,6 +401,28 @@ def test_latency_is_applied() -> None:
     elapsed = time.perf_counter() - started
     # Sequential waits would take at least 10 x 40 ms.
     assert 0.04 <= elapsed < 0.35
+
+
+def test_sleeps_are_shortened_by_how_late_timers_fire(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first call sleeps its whole delay; once timers were seen firing late, later calls
+    ask for a little less (never more than 2 ms less), so calls last their delay on average."""
+    asked: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def recording_sleep(seconds: float) -> None:
+        asked.append(seconds)
+        await real_sleep(seconds)
+
+    monkeypatch.setattr(llm._simulated.asyncio, "sleep", recording_sleep)
+    service = SimulatedLLMService(latency_ms=(20, 20))
+
+    async def calls() -> None:
+        for _ in range(5):
+            await service.fetch_children(("广东省",))
+
+    asyncio.run(calls())
+    assert asked[0] == pytest.approx(0.020)
+    assert all(0.018 <= s < 0.020 for s in asked[1:])
 
 
 def test_failure_rate_roughly_respected() -> None:

@@ -222,8 +222,8 @@ def test_progress_never_decreases_and_reaches_100_only_at_success(
 def test_cleanup_removes_finished_tasks_but_keeps_running_ones_and_the_history(
     open_manager: ManagerFactory, log_path: Path
 ) -> None:
-    """``cleanup_old_tasks(0)`` forgets every finished task (status and list), keeps running
-    and pending ones, journals ``TasksCleanedUp``, and the log keeps the forgotten history."""
+    """``cleanup_old_tasks(0)`` forgets every finished task (status, list, pool counters), keeps
+    running and pending ones, journals ``TasksCleanedUp``, and the log keeps the history."""
     tree = make_tree(["北京市", "上海市"])
     service = FakeLLMService(tree, hold=lambda path: path[:1] == ("上海市",))
 
@@ -247,7 +247,9 @@ def test_cleanup_removes_finished_tasks_but_keeps_running_ones_and_the_history(
             assert len(manager.list_tasks()) == 4
             assert not [e for e in events_in(log_path) if isinstance(e, TasksCleanedUp)]
 
+            assert ids["done"] in (await manager.pool_stats())["calls_by_task"]
             assert await manager.cleanup_old_tasks(0) == 2
+            assert ids["done"] not in (await manager.pool_stats())["calls_by_task"]
             assert manager.get_task_status(ids["done"]) is None
             assert manager.get_task_status(ids["cancelled"]) is None
             assert {s["task_id"] for s in manager.list_tasks()} == {ids["running"], ids["pending"]}
