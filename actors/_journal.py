@@ -114,18 +114,20 @@ class Journal(pykka.ThreadingActor):
             if not state.pending and task_id not in self._drained:
                 self._drained.add(task_id)
                 drained.append(TaskDrained(task_id, tuple(state.failed.items())))
-        if derived:
-            recorded += store.append(derived)
         try:
+            if derived:
+                recorded += store.append(derived)
             if urgent or derived or drained or self.actor_inbox.empty():
                 self._publish()
         finally:
+            # Sent whatever failed above: a drained task the supervisor never hears of would
+            # stay RUNNING for good.
             for notice in drained:
                 safe_tell(self._supervisor, notice)
         return recorded
 
     def _without_late_answers(self, events: Iterable[Event]) -> Iterable[Event]:
-        """Leave out data events of tasks that have ended.
+        """Leave out data events of tasks that have ended (or were cleaned up).
 
         A call's answer can be on its way through a level actor while the task is cancelled:
         journaled, it would change a CANCELLED task's tree after the fact. Replay ignores such
@@ -136,11 +138,11 @@ class Journal(pykka.ThreadingActor):
         for event in events:
             if isinstance(event, DATA_EVENTS):
                 state = tasks.get(event.task_id)
-                if state is not None and state.finished:
+                if state is None or state.finished:
                     log.debug(
                         "answer after the task ended: not journaled",
                         task_id=event.task_id,
-                        status=state.status,
+                        status=None if state is None else state.status,
                         kind=type(event).__name__,
                     )
                     continue

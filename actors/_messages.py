@@ -91,10 +91,10 @@ class CleanupTasks:
 @dataclass(frozen=True, slots=True)
 class ClaimSettled:
     """The journal answered for a lifecycle event: the view shows it now (or it was refused),
-    so the supervisor's claim of ``status`` for the task can go."""
+    so the supervisor's claim ``token`` on the task can go (unless a newer claim replaced it)."""
 
     task_id: str
-    status: str
+    token: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +185,7 @@ class DropTask:
 
 @dataclass(frozen=True, slots=True)
 class ForgetTasks:
-    """These tasks were cleaned up: drop what the pool still keeps about them."""
+    """These tasks were cleaned up: drop the pool's counters of them."""
 
     task_ids: tuple[str, ...]
 

@@ -115,8 +115,8 @@ class Dispatcher(pykka.ThreadingActor):
             if message.task_id in self._turns:
                 self._turns.remove(message.task_id)
         elif isinstance(message, ForgetTasks):
+            # Not _dropped: an answer still in flight must not bring a cancelled task back.
             for task_id in message.task_ids:
-                self._dropped.discard(task_id)
                 self._calls_by_task.pop(task_id, None)
         elif isinstance(message, PoolStats):
             answer(message.reply, self._stats())

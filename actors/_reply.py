@@ -28,5 +28,16 @@ def fail(reply: Future[T], exc: BaseException) -> None:
 
 
 def stopped(reply: Future[T]) -> None:
-    """Fail ``reply`` because the actor system has stopped."""
+    """Fail ``reply``: the actor system had stopped, the request was never delivered."""
     fail(reply, RuntimeError(STOPPED))
+
+
+def unanswered_at_stop(reply: Future[T]) -> None:
+    """Fail ``reply``: the system stopped with the request delivered but not answered."""
+    fail(
+        reply,
+        RuntimeError(
+            f"{STOPPED} before answering; the request may or may not have taken effect "
+            "(the event log says which)"
+        ),
+    )

@@ -10,6 +10,7 @@ can rely on the log knowing that task.
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -116,7 +117,8 @@ class Supervisor(pykka.ThreadingActor):
         self._provinces = levels[0]
         self._view = view
         self._divisions = divisions
-        self._claimed: dict[str, str] = {}
+        self._claimed: dict[str, tuple[str, int]] = {}
+        self._claims = itertools.count()
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Fetched | FetchFailed):
@@ -140,7 +142,8 @@ class Supervisor(pykka.ThreadingActor):
         return None
 
     def _settle(self, message: ClaimSettled) -> None:
-        if self._claimed.get(message.task_id) == message.status:
+        claim = self._claimed.get(message.task_id)
+        if claim is not None and claim[1] == message.token:  # not a newer claim
             del self._claimed[message.task_id]
 
     @staticmethod
@@ -160,14 +163,15 @@ class Supervisor(pykka.ThreadingActor):
         answers: by then the view shows the event, or the journal refused it.
         """
         task_id = events[0].task_id if claim is not None else ""
+        token = next(self._claims)
         if claim is not None:
-            self._claimed[task_id] = claim
+            self._claimed[task_id] = (claim, token)
         written: Future[Any] = Future()
         me = self.actor_ref
 
         def on_written(done: Future[Any]) -> None:
             if claim is not None:
-                safe_tell(me, ClaimSettled(task_id, claim))
+                safe_tell(me, ClaimSettled(task_id, token))
             exc = done.exception()
             if exc is None:
                 answer(reply, value)
@@ -187,7 +191,7 @@ class Supervisor(pykka.ThreadingActor):
         """
         claimed = self._claimed.get(task_id)
         if claimed is not None:
-            return claimed
+            return claimed[0]
         current = self._view.peek(task_id)
         return None if current is None else current["status"]
 
@@ -316,7 +320,7 @@ class Supervisor(pykka.ThreadingActor):
         old = tuple(
             s["task_id"]
             for s in self._view.list()
-            if s["status"] in FINISHED
+            if self._status(s["task_id"]) in FINISHED  # a claim (a resume, say) counts
             and s["finished_at"] is not None
             and datetime.fromisoformat(s["finished_at"]).timestamp() < cutoff
         )

@@ -26,7 +26,7 @@ from ._logging import ensure_structlog
 from ._loop import LoopThread
 from ._messages import AttachSupervisor, PoolStats, Query
 from ._pool import Dispatcher, FetchActor, OwnLoops
-from ._reply import stopped
+from ._reply import stopped, unanswered_at_stop
 from ._retry import RetryPolicy
 from ._supervisor import Supervisor
 from ._tell import safe_tell
@@ -142,7 +142,13 @@ class ActorSystem:
         return self.request(self.dispatcher, PoolStats)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop producers first and the journal last, so every event sent is written."""
+        """Stop producers first and the journal last, so every event sent is written.
+
+        Each actor gets ``timeout`` seconds. A journal still busy after that keeps writing on
+        its (daemon) thread and closes the log when done; if the process exits first, what it
+        had not written yet is lost, as in a crash, and resume recovers it. A request not
+        answered by then fails with ``RuntimeError``: its outcome is unknown (the log says).
+        """
         with self._stop_lock:
             if self._stopped:
                 return
@@ -168,7 +174,7 @@ class ActorSystem:
         with self._stop_lock:
             unanswered = list(self._unanswered)
         for reply in unanswered:
-            stopped(reply)
+            unanswered_at_stop(reply)
 
 
 def _stop(ref: pykka.ActorRef[Any], timeout: float) -> bool:

@@ -50,8 +50,9 @@ LEVEL_LABELS: dict[str, str] = {
 LEAF_DEPTH = 3
 """Paths this long are districts: their children are hospitals, which are not nodes."""
 
-PROJECTION_VERSION = 3
-"""Bumped whenever the state layout changes, so that an older snapshot is ignored, not trusted."""
+PROJECTION_VERSION = 4
+"""Bumped whenever the state layout or a rule of the fold changes, so that an older snapshot is
+ignored, not trusted (4: events after a task's end are ignored)."""
 
 CHECKED_LEVELS: tuple[str, ...] = ("province", "city", "district")
 """Levels whose names are checked against reference data (``ChildrenFetched.adcodes``)."""

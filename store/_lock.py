@@ -43,10 +43,12 @@ class WriterLock:
     def release(self) -> None:
         """Let the next writer in."""
         if self._fd is not None:
-            os.ftruncate(self._fd, 0)
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+            fd, self._fd = self._fd, None
+            try:
+                os.ftruncate(fd, 0)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            finally:
+                os.close(fd)  # closing drops the flock in any case
 
 
 def live_writer(log_path: str) -> int | None:

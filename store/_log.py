@@ -289,11 +289,13 @@ class EventLog:
             self._release()
 
     def _release(self) -> None:
-        if self._lock is not None:
-            self._lock.release()
-        if getattr(self, "_fd", None) is not None:
-            os.close(self._fd)
-            self._fd = None  # type: ignore[assignment]
+        try:
+            if self._lock is not None:
+                self._lock.release()
+        finally:
+            if getattr(self, "_fd", None) is not None:
+                os.close(self._fd)
+                self._fd = None  # type: ignore[assignment]
 
     def __enter__(self) -> EventLog:
         return self

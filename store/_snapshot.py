@@ -92,10 +92,10 @@ def read_snapshot(path: str, log_id: bytes, log_fd: int, log_size: int) -> Snaps
             snap = Snapshot(
                 raw["log_id"], raw["offset"], raw["anchor_offset"], raw["anchor_crc"], raw["state"]
             )
-        except (ValueError, TypeError, KeyError, msgpack.UnpackException) as exc:
+            reason = _stale(snap, log_id, log_fd, log_size)
+        except (ValueError, TypeError, KeyError, OverflowError, msgpack.UnpackException) as exc:
             reason = f"undecodable ({exc})"
         else:
-            reason = _stale(snap, log_id, log_fd, log_size)
             if reason is None:
                 return snap
     log.warning("ignoring snapshot %s: %s; replaying the whole log", path, reason)

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from events import DEFAULT_CODEC, Event, EventCodec, Projection, Recorded
 
 from ._frames import HEADER_SIZE
-from ._log import EventLog, FsyncPolicy
+from ._log import EventLog, FsyncPolicy, LogCorruptedError
 from ._snapshot import Snapshot, read_snapshot, snapshot_path, write_snapshot
 
 log = logging.getLogger("hospital_refresh.store")
@@ -54,22 +54,24 @@ class EventStore:
         return self.log.path
 
     def _restore(self) -> tuple[Projection, bool]:
+        """The projection as of the log's end, from the snapshot plus the tail when it can be
+        trusted, else from a full replay; and whether the snapshot was used."""
         snap = read_snapshot(self.snapshot_path, self.log.log_id, self.log.fileno, self.log.size)
-        projection: Projection | None = None
-        start = HEADER_SIZE
         if snap is not None:
             try:
                 projection = Projection.from_state(snap.state)
-                start = snap.offset
+                before = projection.events_applied
+                projection.apply_all(self.log.read(snap.offset))
+            except LogCorruptedError:
+                raise
             except Exception as exc:  # any shape a damaged or foreign snapshot may take
                 log.warning("ignoring snapshot %s: %s", self.snapshot_path, exc)
-        used = projection is not None
-        projection = projection or Projection()
-        before = projection.events_applied
-        projection.apply_all(self.log.read(start))
-        # Events read from the log on open: all of them, or only the tail after the snapshot.
-        self.events_replayed = projection.events_applied - before
-        return projection, used
+            else:
+                self.events_replayed = projection.events_applied - before
+                return projection, True
+        projection = Projection().apply_all(self.log.read(HEADER_SIZE))
+        self.events_replayed = projection.events_applied
+        return projection, False
 
     def append(self, events: Iterable[Event]) -> list[Recorded]:
         """Journal ``events`` in order, then fold them into the projection."""
@@ -87,7 +89,7 @@ class EventStore:
         # not fail the append that the log already holds. The next one is tried later.
         try:
             self.snapshot()
-        except OSError as exc:
+        except Exception as exc:
             self._since_snapshot = 0
             log.warning("could not write snapshot %s: %s", self.snapshot_path, exc)
 

@@ -263,7 +263,11 @@ class TaskManager:
 
     def close(self) -> None:
         """Stop every actor, flush and snapshot the log. Running tasks stay RUNNING in the log
-        and can be resumed later. Idempotent."""
+        and can be resumed later. Idempotent.
+
+        Each actor gets 10 s to stop; a journal still writing after that finishes on its own
+        thread (see ``ActorSystem.stop``), and requests still unanswered fail.
+        """
         if self._closed:
             return
         self._closed = True

@@ -80,6 +80,31 @@ def test_cancel_running_task_stops_it_within_a_second_and_makes_no_further_call(
     asyncio.run(body())
 
 
+def test_cleanup_right_after_cancel_does_not_revive_the_task(
+    open_manager: ManagerFactory,
+) -> None:
+    """A task cancelled and then cleaned up at once, with a call still in flight: the call's
+    answer brings no further call and nothing into the log."""
+    tree = make_tree(["北京市", "上海市"], cities=3, districts=2)
+    beijing = ("北京市",)
+    service = FakeLLMService(tree, hold=lambda path: path == beijing)
+
+    async def body() -> None:
+        async with open_manager(service) as manager:
+            task_id = await started_task(manager, "北京市")
+            await wait_until(lambda: service.held() == 1, "the root call is held")
+            assert await manager.cancel_task(task_id)
+            assert await manager.cleanup_old_tasks(0) == 1
+            service.release()
+            other = await started_task(manager, "上海市")
+            assert (await manager.wait_for_task(other, timeout=30))["status"] == "SUCCEEDED"
+            assert manager.get_task_status(task_id) is None
+            assert task_id not in (await manager.pool_stats())["calls_by_task"]
+        assert len(service.calls_under(beijing)) == 1
+
+    asyncio.run(body())
+
+
 def test_cancel_pending_task(open_manager: ManagerFactory) -> None:
     """A PENDING task can be cancelled; it then cannot be started and makes no call."""
     service = FakeLLMService(make_tree(["北京市"]))

@@ -271,6 +271,48 @@ def test_a_snapshot_with_a_state_of_the_wrong_shape_is_ignored(
         assert_ignored(log_path, caplog, "ignoring snapshot")
 
 
+def test_a_snapshot_that_loads_but_does_not_fold_is_ignored(
+    log_path: Path, make_events, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A snapshot whose state loads but breaks the fold of the tail (a count that is a string)
+    is ignored: the store falls back to a full replay instead of failing to open."""
+    caplog.set_level(logging.WARNING, logger=STORE_LOGGER)
+    f = make_events
+    with EventStore(log_path, snapshot_every=None) as store:
+        store.append([f.created("t1"), f.started("t1")])
+    with EventLog(log_path) as log:
+        log.append(f.fetched("t1", ("广东省",), ("广州市",)))
+    snap = Path(snapshot_path(str(log_path)))
+    with EventLog(log_path, readonly=True) as log:
+        old = read_snapshot(str(snap), log.log_id, log.fileno, log.size)
+    assert old is not None
+    task = {**old.state["tasks"]["t1"], "counts": {"province": 0, "city": "many"}}
+    state = {**old.state, "tasks": {"t1": task}}
+    write_snapshot(
+        str(snap), Snapshot(old.log_id, old.offset, old.anchor_offset, old.anchor_crc, state)
+    )
+    assert_ignored(log_path, caplog, "ignoring snapshot")
+
+
+def test_a_snapshot_that_cannot_be_encoded_never_fails_an_append(
+    log_path: Path, make_events, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Any error while taking a snapshot (not only I/O) is logged; the append stands."""
+    caplog.set_level(logging.WARNING, logger=STORE_LOGGER)
+
+    def broken(self: Projection) -> dict:
+        raise TypeError("cannot serialize")
+
+    monkeypatch.setattr(Projection, "to_state", broken)
+    events = three_tasks(make_events)
+    with EventStore(log_path, snapshot_every=1) as store:
+        recorded = store.append(events)
+    assert len(recorded) == len(events)
+    assert "could not write snapshot" in caplog.text
+    monkeypatch.undo()
+    assert full_replay(log_path).events_applied == len(events)
+
+
 def test_readonly_store_never_writes_a_snapshot(log_path: Path, make_events) -> None:
     """A read-only store restores state but refuses to snapshot, and close writes none."""
     with EventStore(log_path, snapshot_every=None) as store:
