@@ -6,6 +6,7 @@ import logging
 import os
 import shutil
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -114,6 +115,17 @@ def snapshot_then(log_path: Path, make_events: EventFactory) -> tuple[list[Event
     return events, snap
 
 
+def rewrite_state(log_path: Path, snap: Path, change: Callable[[dict], dict]) -> None:
+    """Rewrite the (valid) snapshot ``snap`` of the log with ``change(state)`` as its state."""
+    with EventLog(log_path, readonly=True) as log:
+        old = read_snapshot(str(snap), log.log_id, log.fileno, log.size)
+    assert old is not None
+    state = change(old.state)
+    write_snapshot(
+        str(snap), Snapshot(old.log_id, old.offset, old.anchor_offset, old.anchor_crc, state)
+    )
+
+
 def assert_ignored(log_path: Path, caplog: pytest.LogCaptureFixture, reason: str) -> None:
     """Opening the store ignores the snapshot with a warning naming ``reason``: full replay."""
     caplog.clear()
@@ -205,13 +217,7 @@ def test_snapshot_of_an_older_projection_layout_is_ignored(
     """A snapshot whose state has another projection version is ignored, not misread."""
     caplog.set_level(logging.WARNING, logger=STORE_LOGGER)
     _, snap = snapshot_then(log_path, make_events)
-    with EventLog(log_path, readonly=True) as log:
-        old = read_snapshot(str(snap), log.log_id, log.fileno, log.size)
-    assert old is not None
-    state = {**old.state, "version": PROJECTION_VERSION - 1}
-    write_snapshot(
-        str(snap), Snapshot(old.log_id, old.offset, old.anchor_offset, old.anchor_crc, state)
-    )
+    rewrite_state(log_path, snap, lambda state: {**state, "version": PROJECTION_VERSION - 1})
     assert_ignored(log_path, caplog, "version")
 
 
@@ -261,13 +267,8 @@ def test_a_snapshot_with_a_state_of_the_wrong_shape_is_ignored(
     """A well-formed snapshot whose state is not a projection's is ignored, never a crash."""
     caplog.set_level(logging.WARNING, logger=STORE_LOGGER)
     _, snap = snapshot_then(log_path, make_events)
-    with EventLog(log_path, readonly=True) as log:
-        old = read_snapshot(str(snap), log.log_id, log.fileno, log.size)
-    assert old is not None
-    for state in ({**old.state, "tasks": [1, 2, 3]}, {**old.state, "tasks": {"t1": "x"}}):
-        write_snapshot(
-            str(snap), Snapshot(old.log_id, old.offset, old.anchor_offset, old.anchor_crc, state)
-        )
+    for tasks in ([1, 2, 3], {"t1": "x"}):
+        rewrite_state(log_path, snap, lambda state, tasks=tasks: {**state, "tasks": tasks})
         assert_ignored(log_path, caplog, "ignoring snapshot")
 
 
@@ -282,15 +283,12 @@ def test_a_snapshot_that_loads_but_does_not_fold_is_ignored(
         store.append([f.created("t1"), f.started("t1")])
     with EventLog(log_path) as log:
         log.append(f.fetched("t1", ("广东省",), ("广州市",)))
-    snap = Path(snapshot_path(str(log_path)))
-    with EventLog(log_path, readonly=True) as log:
-        old = read_snapshot(str(snap), log.log_id, log.fileno, log.size)
-    assert old is not None
-    task = {**old.state["tasks"]["t1"], "counts": {"province": 0, "city": "many"}}
-    state = {**old.state, "tasks": {"t1": task}}
-    write_snapshot(
-        str(snap), Snapshot(old.log_id, old.offset, old.anchor_offset, old.anchor_crc, state)
-    )
+
+    def bad_count(state: dict) -> dict:
+        task = {**state["tasks"]["t1"], "counts": {"province": 0, "city": "many"}}
+        return {**state, "tasks": {"t1": task}}
+
+    rewrite_state(log_path, Path(snapshot_path(str(log_path))), bad_count)
     assert_ignored(log_path, caplog, "ignoring snapshot")
 
 
