@@ -69,7 +69,14 @@ def journal_outcome(
             error=message.error,
             exc_info=message.exc,
         )
-        event = NodeFailed(task_id=job.task_id, path=job.path, error=message.error)
+        usage = usage_of(message.exc)
+        event = NodeFailed(
+            task_id=job.task_id,
+            path=job.path,
+            error=message.error,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+        )
         children = ()
     safe_tell(journal, Append((event,)))
     return children

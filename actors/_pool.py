@@ -190,6 +190,7 @@ class Dispatcher(pykka.ThreadingActor):
             return
         exc = done.exc or RuntimeError("fetch returned nothing")
         error = describe(exc)
+        usage = usage_of(exc)
         if is_permanent(exc) or job.attempt >= self._retry.max_retries:
             self._failures += 1
             safe_tell(job.reply_to, FetchFailed(job, error, exc))
@@ -220,6 +221,8 @@ class Dispatcher(pykka.ThreadingActor):
                         attempt=attempt,
                         error=error,
                         delay_s=delay,
+                        prompt_tokens=usage.prompt_tokens,
+                        completion_tokens=usage.completion_tokens,
                     ),
                 )
             ),

@@ -16,7 +16,16 @@ from typing import Any
 
 import msgpack
 
-from ._records import EVENT_TYPES, ChildrenFetched, Event, Recorded, children_fetched_v1_to_v2
+from ._records import (
+    EVENT_TYPES,
+    ChildrenFetched,
+    Event,
+    FetchRetried,
+    NodeFailed,
+    Recorded,
+    children_fetched_v1_to_v2,
+    without_tokens_v1_to_v2,
+)
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -150,3 +159,5 @@ def _maker(cls: type[Event], names: tuple[str, ...]) -> Callable[[dict[str, Any]
 DEFAULT_CODEC = EventCodec()
 """The codec for the events this package defines, with their upcasters."""
 DEFAULT_CODEC.register_upcaster(ChildrenFetched.TYPE, 1, children_fetched_v1_to_v2)
+DEFAULT_CODEC.register_upcaster(FetchRetried.TYPE, 1, without_tokens_v1_to_v2)
+DEFAULT_CODEC.register_upcaster(NodeFailed.TYPE, 1, without_tokens_v1_to_v2)

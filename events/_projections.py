@@ -345,8 +345,12 @@ class Projection:
             state.current_step = event.current_step
         elif isinstance(event, FetchRetried):
             state.retries += 1
+            state.prompt_tokens += event.prompt_tokens
+            state.completion_tokens += event.completion_tokens
         elif isinstance(event, NodeFailed):
             state.mark_failed(event.path, event.error)
+            state.prompt_tokens += event.prompt_tokens
+            state.completion_tokens += event.completion_tokens
         elif isinstance(event, TaskStarted):
             state.status = RUNNING
             state.started_at = event.at

@@ -89,22 +89,35 @@ def children_fetched_v1_to_v2(fields: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FetchRetried(Event):
-    """A call for ``path`` failed and will be tried again after ``delay_s``."""
+    """A call for ``path`` failed and will be tried again after ``delay_s``; the tokens are
+    what the failed call cost (a malformed answer is paid for), 0 when nothing was answered."""
 
     TYPE: ClassVar[str] = "FetchRetried"
+    VERSION: ClassVar[int] = 2
     path: Path
     attempt: int
     error: str
     delay_s: float
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NodeFailed(Event):
-    """A node still failed after its retries; its siblings carry on."""
+    """A node still failed after its retries; its siblings carry on. The tokens are what its
+    last call cost, as in ``FetchRetried``."""
 
     TYPE: ClassVar[str] = "NodeFailed"
+    VERSION: ClassVar[int] = 2
     path: Path
     error: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+def without_tokens_v1_to_v2(fields: dict[str, Any]) -> dict[str, Any]:
+    """``FetchRetried`` and ``NodeFailed`` version 1 counted no tokens: they read as 0."""
+    return {**fields, "prompt_tokens": 0, "completion_tokens": 0}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -18,6 +18,8 @@ differs.
 
 from __future__ import annotations
 
+from ._usage import Usage
+
 __all__ = [
     "LLMError",
     "LLMMalformedOutput",
@@ -30,7 +32,13 @@ __all__ = [
 
 
 class LLMError(Exception):
-    """Base of every error an LLM backend raises on purpose."""
+    """Base of every error an LLM backend raises on purpose.
+
+    ``usage`` is what the failed call cost when the backend did answer (a malformed answer is
+    paid for all the same), else None; the fetch pool journals it with the failure.
+    """
+
+    usage: Usage | None = None
 
 
 class RetryableLLMError(LLMError):

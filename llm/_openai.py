@@ -59,6 +59,7 @@ import structlog
 
 from ._divisions import Divisions
 from ._errors import (
+    LLMError,
     LLMMalformedOutput,
     LLMRateLimited,
     LLMServerError,
@@ -632,13 +633,23 @@ class OpenAICompatibleLLMService(LLMService):
         raise PermanentLLMError(f"{reason}{says}")
 
     def _read(self, response: httpx.Response) -> Names:
-        host = self._host
         try:
             data = response.json()
         except ValueError:
             raise LLMServerError(
-                f"malformed response from {host}: not JSON: {_excerpt(self._redact(response.text))}"
+                f"malformed response from {self._host}: "
+                f"not JSON: {_excerpt(self._redact(response.text))}"
             ) from None
+        usage = Usage.from_response(data.get("usage") if isinstance(data, dict) else None)
+        try:
+            return self._answer_of(data, usage)
+        except LLMError as exc:
+            exc.usage = usage  # an answer the model gave, however bad, was paid for
+            raise
+
+    def _answer_of(self, data: Any, usage: Usage) -> Names:
+        """The list a parsed chat-completions body holds, or the error that says why not."""
+        host = self._host
         choices = data.get("choices") if isinstance(data, dict) else None
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
             says = _excerpt(self._redact(json.dumps(data, ensure_ascii=False)))
@@ -660,4 +671,4 @@ class OpenAICompatibleLLMService(LLMService):
             content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
         if not isinstance(content, str) or not content.strip():
             raise LLMMalformedOutput(f"the LLM gave a blank answer (finish_reason: {finish})")
-        return Names(parse_items(content), Usage.from_response(data.get("usage")))
+        return Names(parse_items(content), usage)

@@ -18,6 +18,7 @@ from typing import Self
 from events import LEVELS
 
 from ._divisions import Divisions
+from ._errors import LLMError
 from ._names import validate_names
 from ._usage import Names, usage_of
 
@@ -156,7 +157,11 @@ class LLMService:
             place = Place(key[-1], key, Divisions.load().adcode(key))
             getters = (self.get_cities, self.get_districts, self.get_hospitals)
             raw = await getters[len(key) - 1](place)
-        return Names(validate_names(raw, max_items=self.max_items), usage_of(raw))
+        try:
+            return Names(validate_names(raw, max_items=self.max_items), usage_of(raw))
+        except LLMError as exc:
+            exc.usage = usage_of(raw)  # a rejected answer was paid for too
+            raise
 
     async def aclose(self) -> None:
         """Release whatever the backend holds (connections...); a no-op by default."""

@@ -126,6 +126,10 @@ def http_service(server: ChatServer) -> Any:
     ).llm_service()
 
 
+CUT_OFF_USAGE = {"prompt_tokens": 77, "completion_tokens": 4096}
+"""What the answer cut off at the model's output limit cost."""
+
+
 def test_province_refresh_through_a_chat_completions_server(
     chat_server: ChatServer,
     open_manager: ManagerFactory,
@@ -133,9 +137,10 @@ def test_province_refresh_through_a_chat_completions_server(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """北京市 end to end over HTTP: the tree, tokens, the invented district kept but unverified
-    in status, tree and export, failures retried, at most and at least 5 calls in flight, and
-    the API key in every request but in no log line and no byte of the event log."""
+    """北京市 end to end over HTTP: the tree, tokens (of rejected answers too), the invented
+    district kept but unverified in status, tree and export, failures retried, at most and at
+    least 5 calls in flight, and the API key in every request but in no log line and no byte
+    of the event log."""
     monkeypatch.setenv("HOSPITAL_REFRESH_API_KEY", SECRET)
     caplog.set_level(logging.DEBUG)
     dongcheng = (PROVINCE, PROVINCE, "东城区")
@@ -146,7 +151,8 @@ def test_province_refresh_through_a_chat_completions_server(
             echo = request.headers.get("Authorization", "")
             return Reply(502, {"error": {"message": f"upstream failed for {echo}"}})
         if path == xicheng and call == 1:
-            return Reply(200, completion('{"items": ["北京', finish_reason="length"))
+            cut = completion('{"items": ["北京', finish_reason="length", **CUT_OFF_USAGE)
+            return Reply(200, cut)
         return None
 
     answers = ProvinceAnswers(PROVINCE, extra={INVENTED[:2]: (INVENTED[2],)}, hook=hook, delay=0.03)
@@ -176,7 +182,10 @@ def test_province_refresh_through_a_chat_completions_server(
         "districts": len(districts),
         "hospitals": hospitals,
     }
+    # every answer's tokens, the rejected cut-off one's included: it was paid for
     prompt, done = map(sum, zip(*(answers.usage(p) for p in answers.tree), strict=True))
+    prompt += CUT_OFF_USAGE["prompt_tokens"]
+    done += CUT_OFF_USAGE["completion_tokens"]
     assert status["tokens"] == {"prompt": prompt, "completion": done, "total": prompt + done}
 
     # checked against reference data: the invented district is kept, marked, counted
