@@ -120,8 +120,8 @@ class Journal(pykka.ThreadingActor):
             if urgent or derived or drained or self.actor_inbox.empty():
                 self._publish()
         finally:
-            # Sent whatever failed above: a drained task the supervisor never hears of would
-            # stay RUNNING for good.
+            # Sent even if the above failed: a drained task the supervisor never hears of
+            # would stay RUNNING for good.
             for notice in drained:
                 safe_tell(self._supervisor, notice)
         return recorded
